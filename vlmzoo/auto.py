@@ -1,0 +1,82 @@
+"""One table of families -> config, model and processor classes, registered with the transformers Auto classes.
+
+Importing this module (``import vlmzoo`` does) makes ``AutoConfig``, ``AutoModel``,
+``AutoModelForImageTextToText``, ``AutoModelForMultimodalLM``, ``AutoProcessor`` and ``AutoImageProcessor``
+resolve every vlmzoo ``model_type``. ``AutoModelForVision2Seq`` restores the name transformers 5 removed,
+with the same mapping as ``AutoModelForImageTextToText``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageTextToText,
+    AutoModelForMultimodalLM,
+    AutoProcessor,
+    PreTrainedConfig,
+)
+from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+
+from .configuration import ZooLlavaConfig
+from .modeling.modeling_llava import ZooLlavaForConditionalGeneration, ZooLlavaModel
+from .processing import ZooAnyResImageProcessor, ZooFixedResImageProcessor, ZooLlavaProcessor
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class Family:
+    """The classes of one architecture family."""
+
+    key: str
+    config_class: type[PreTrainedConfig]
+    model_class: type
+    for_generation_class: type
+    processor_class: type
+    image_processor_classes: tuple[type, ...]  # the first is the AutoImageProcessor default
+
+
+FAMILIES: Registry = Registry("family")
+
+
+def register_family(family: Family) -> Family:
+    """Add a family to the table and to every transformers Auto class."""
+    FAMILIES.register(family.key)(family)
+    config = family.config_class
+    AutoConfig.register(config.model_type, config, exist_ok=True)
+    AutoModel.register(config, family.model_class, exist_ok=True)
+    AutoModelForImageTextToText.register(config, family.for_generation_class, exist_ok=True)
+    AutoModelForMultimodalLM.register(config, family.for_generation_class, exist_ok=True)
+    AutoProcessor.register(config, family.processor_class, exist_ok=True)
+    AutoImageProcessor.register(config, image_processor_classes={"pil": family.image_processor_classes[0]}, exist_ok=True)
+    for image_processor in family.image_processor_classes:
+        # lets AutoImageProcessor find every one of them by the class name saved in processor configs
+        IMAGE_PROCESSOR_MAPPING.register(image_processor.__name__, {"pil": image_processor}, exist_ok=True)
+    return family
+
+
+register_family(
+    Family(
+        key="llava",
+        config_class=ZooLlavaConfig,
+        model_class=ZooLlavaModel,
+        for_generation_class=ZooLlavaForConditionalGeneration,
+        processor_class=ZooLlavaProcessor,
+        image_processor_classes=(ZooFixedResImageProcessor, ZooAnyResImageProcessor),
+    )
+)
+
+
+class AutoModelForVision2Seq(AutoModelForImageTextToText):
+    """transformers 4's name for image-text-to-text models; same mapping as ``AutoModelForImageTextToText``."""
+
+
+def get_family(key: str) -> Family:
+    """The family registered under ``key`` (``ValueError`` lists the valid keys)."""
+    return FAMILIES.get(key)
+
+
+__all__ = ["FAMILIES", "Family", "AutoModelForVision2Seq", "get_family", "register_family"]

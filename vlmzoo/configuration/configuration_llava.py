@@ -1,0 +1,91 @@
+"""Configuration of the LLaVA family: LLaVA 1.0 (linear), 1.5 (mlp2x_gelu) and 1.6 / NeXT (AnyRes).
+
+Follows the LLaVA papers (Liu et al. 2023, 2024) and the field names of transformers' ``LlavaConfig`` /
+``LlavaNextConfig`` where they mean the same thing, so converted configs read naturally.
+``image_grid_pinpoints=None`` is fixed-resolution LLaVA; a list of ``[height, width]`` pinpoints turns
+on AnyRes tiling with spatial unpad and the learned ``image_newline`` (LLaVA-NeXT).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .configuration_base import ZooVLMConfig
+
+
+@strict
+class ZooLlavaConfig(ZooVLMConfig):
+    r"""
+    Args:
+        vision_config: any transformers vision model config (CLIP, SigLIP, ...); default CLIP ViT-L/14-336.
+        text_config: any decoder-only LM config (Llama, Qwen2, Mistral, ...); default Llama.
+        image_token_id: id of the ``<image>`` placeholder in the tokenizer.
+        projector_type: key of the projector registry (``linear`` for LLaVA 1.0, ``mlp2x_gelu`` for 1.5).
+        multimodal_projector_bias: whether the projector's linear layers have a bias.
+        vision_feature_layer: hidden-state index (or list of indices, concatenated on channels) of the tower.
+        vision_feature_select_strategy: ``"default"`` drops the first (CLS) token, ``"full"`` keeps all.
+        image_grid_pinpoints: ``None`` for fixed resolution, else the AnyRes ``[height, width]`` grid list.
+        image_seq_length: image tokens of one fixed-resolution view (informational, set by the processor).
+        training_stages: stage name -> trained components (defaults: the LLaVA recipe).
+    """
+
+    model_type = "vlmzoo_llava"
+    attribute_map = {"image_token_index": "image_token_id"}
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="clip_vision_model",
+            init_kwargs={
+                "hidden_size": 1024,
+                "intermediate_size": 4096,
+                "num_hidden_layers": 24,
+                "num_attention_heads": 16,
+                "patch_size": 14,
+                "image_size": 336,
+                "projection_dim": 768,
+            },
+        ),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    }
+    stage_components: ClassVar[tuple[str, ...]] = ("vision_tower", "multi_modal_projector", "language_model")
+    # LLaVA recipe: stage 1 projector only (lr 1e-3); stage 2 projector + LLM (lr 2e-5)
+    default_training_stages: ClassVar[dict[str, list[str]]] = {
+        "align": ["multi_modal_projector"],
+        "instruct": ["multi_modal_projector", "language_model"],
+        "full": ["vision_tower", "multi_modal_projector", "language_model"],
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    image_token_id: int = 32000
+    projector_type: str = "mlp2x_gelu"
+    multimodal_projector_bias: bool = True
+    vision_feature_layer: int | list[int] = -2
+    vision_feature_select_strategy: Literal["default", "full"] = "default"
+    image_grid_pinpoints: list | None = None
+    image_seq_length: int = 576
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
+            self.tie_word_embeddings = True
+        if self.image_grid_pinpoints is not None:
+            tile = self.vision_config.image_size
+            for pinpoint in self.image_grid_pinpoints:
+                if len(pinpoint) != 2 or any(int(side) <= 0 or int(side) % tile for side in pinpoint):
+                    raise ValueError(
+                        f"image_grid_pinpoints entries must be [height, width] multiples of the tower's "
+                        f"image_size {tile}; got {pinpoint}"
+                    )
+
+    @property
+    def uses_anyres(self) -> bool:
+        return self.image_grid_pinpoints is not None
+
+
+__all__ = ["ZooLlavaConfig"]

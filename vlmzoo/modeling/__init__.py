@@ -1,0 +1,1 @@
+"""Model building blocks and family models (DESIGN.md §3)."""

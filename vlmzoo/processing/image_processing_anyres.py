@@ -1,0 +1,110 @@
+"""AnyRes image processor (LLaVA-NeXT): best-fit grid resolution, tiles plus a base view.
+
+For each image: choose the ``image_grid_pinpoints`` resolution that best fits it, resize keeping the aspect
+ratio, pad centred with zeros, cut into ``crop_size`` tiles, and put a base view (the whole image resized
+to the tile size) first. ``pixel_values`` is (num_images, max_views, 3, tile, tile), zero-padded on the
+view axis; ``image_sizes`` keeps each original (height, width) for the model's spatial unpad. Built on
+transformers' ``PilBackend``; pixel-for-pixel equal to transformers' ``LlavaNextImageProcessorPil``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, SizeDict
+from transformers.processing_utils import ImagesKwargs
+
+from .image_processing_common import ZooImageInputMixin
+from .image_transforms import (
+    anyres_target_resolution,
+    fit_within,
+    pad_centered,
+    split_into_tiles,
+    validate_grid_pinpoints,
+)
+
+
+class ZooAnyResImagesKwargs(ImagesKwargs, total=False):
+    """image_grid_pinpoints: the candidate [height, width] grid resolutions."""
+
+    image_grid_pinpoints: list[list[int]]
+
+
+class ZooAnyResImageProcessor(ZooImageInputMixin, PilBackend):
+    """LLaVA-NeXT AnyRes tiling: base view + best-fit grid of tower-sized tiles."""
+
+    valid_kwargs = ZooAnyResImagesKwargs
+    model_input_names = ["pixel_values", "image_sizes"]
+
+    resample = PILImageResampling.BICUBIC
+    image_mean = OPENAI_CLIP_MEAN
+    image_std = OPENAI_CLIP_STD
+    size = {"shortest_edge": 336}
+    default_to_square = False
+    crop_size = {"height": 336, "width": 336}
+    do_resize = True
+    do_center_crop = True
+    do_rescale = True
+    do_normalize = True
+    do_convert_rgb = True
+    do_pad = True
+    image_grid_pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
+    @staticmethod
+    def tile_size(size: SizeDict, crop_size: SizeDict | None) -> int:
+        if crop_size is not None and crop_size.height:
+            return crop_size.height
+        return size.height or size.shortest_edge
+
+    def image_views(self, image: np.ndarray, grid_pinpoints, size: SizeDict, tile: int, resample) -> list[np.ndarray]:
+        """Base view then row-major tiles of one (C, H, W) image, before per-view normalisation."""
+        image_size = image.shape[-2:]
+        target = anyres_target_resolution(image_size, grid_pinpoints)
+        height, width = fit_within(image_size, target)
+        resized = self.resize(image=image, size=SizeDict(height=height, width=width), resample=resample)
+        tiles = split_into_tiles(pad_centered(resized, target), tile)
+        base_side = size.height or size.shortest_edge
+        base = self.resize(image=image, size=SizeDict(height=base_side, width=base_side), resample=resample)
+        return [base] + tiles
+
+    def _preprocess(
+        self,
+        images: list[np.ndarray],
+        do_resize,
+        size,
+        resample,
+        do_center_crop,
+        crop_size,
+        do_rescale,
+        rescale_factor,
+        do_normalize,
+        image_mean,
+        image_std,
+        do_pad=True,
+        return_tensors=None,
+        image_grid_pinpoints=None,
+        **kwargs,
+    ) -> BatchFeature:
+        tile = self.tile_size(size, crop_size)
+        pinpoints = validate_grid_pinpoints(image_grid_pinpoints or self.image_grid_pinpoints, tile)
+        per_image, image_sizes = [], []
+        for image in images:  # each (C, H, W)
+            views = []
+            for view in self.image_views(image, pinpoints, size, tile, resample):
+                if do_resize:
+                    view = self.resize(image=view, size=size, resample=resample)
+                if do_center_crop:
+                    view = self.center_crop(view, crop_size)
+                if do_rescale:
+                    view = self.rescale(view, rescale_factor)
+                if do_normalize:
+                    view = self.normalize(view, image_mean, image_std)
+                views.append(view)
+            per_image.append(np.stack(views))  # (num_views, C, tile, tile)
+            image_sizes.append(list(image.shape[-2:]))
+        if do_pad:
+            most = max(len(views) for views in per_image)
+            # zero views on the view axis: (num_views, C, t, t) -> (most, C, t, t)
+            per_image = [np.pad(v, ((0, most - len(v)), (0, 0), (0, 0), (0, 0))) for v in per_image]
+        return BatchFeature(data={"pixel_values": per_image, "image_sizes": image_sizes}, tensor_type=return_tensors)

@@ -1,0 +1,76 @@
+"""Fixed-resolution image processor: LLaVA 1.0 / 1.5 (resize + centre crop, optional pad-to-square).
+
+LLaVA 1.5's ``image_aspect_ratio="pad"`` pads the image to a square filled with the mean colour before
+resizing. Built on transformers' ``PilBackend``; pixel-for-pixel equal to transformers'
+``LlavaImageProcessorPil`` (``do_pad`` there is ``pad_to_square`` here).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+from transformers.processing_utils import ImagesKwargs
+
+from .image_processing_common import ZooImageInputMixin
+from .image_transforms import pad_to_square as pad_image_to_square
+
+
+class ZooFixedResImagesKwargs(ImagesKwargs, total=False):
+    """pad_to_square: pad to a square of the mean colour before resizing (LLaVA 1.5 ``pad``)."""
+
+    pad_to_square: bool
+
+
+class ZooFixedResImageProcessor(ZooImageInputMixin, PilBackend):
+    """Resize the shortest edge, centre-crop, rescale, normalise; optionally pad to square first."""
+
+    valid_kwargs = ZooFixedResImagesKwargs
+    model_input_names = ["pixel_values"]
+
+    resample = PILImageResampling.BICUBIC
+    image_mean = OPENAI_CLIP_MEAN
+    image_std = OPENAI_CLIP_STD
+    size = {"shortest_edge": 336}
+    default_to_square = False
+    crop_size = {"height": 336, "width": 336}
+    do_resize = True
+    do_center_crop = True
+    do_rescale = True
+    do_normalize = True
+    do_convert_rgb = True
+    do_pad = False
+    pad_to_square = False
+
+    def _preprocess(
+        self,
+        images: list[np.ndarray],
+        do_resize,
+        size,
+        resample,
+        do_center_crop,
+        crop_size,
+        do_rescale,
+        rescale_factor,
+        do_normalize,
+        image_mean,
+        image_std,
+        return_tensors=None,
+        pad_to_square: bool = False,
+        **kwargs,
+    ) -> BatchFeature:
+        processed = []
+        for image in images:  # each (C, H, W)
+            if pad_to_square:
+                image = pad_image_to_square(image, [int(m * 255) for m in image_mean])
+            if do_resize:
+                image = self.resize(image=image, size=size, resample=resample)
+            if do_center_crop:
+                image = self.center_crop(image, crop_size)
+            if do_rescale:
+                image = self.rescale(image, rescale_factor)
+            if do_normalize:
+                image = self.normalize(image, image_mean, image_std)
+            processed.append(image)
+        return BatchFeature(data={"pixel_values": processed}, tensor_type=return_tensors)

@@ -1,0 +1,123 @@
+"""Resolution strategies shared by image processors and models: pad-to-square and AnyRes geometry.
+
+Pad-to-square is LLaVA 1.5's ``image_aspect_ratio="pad"``; AnyRes is LLaVA-NeXT's: pick the grid
+resolution that best fits the image (``select_best_resolution`` from transformers: most effective pixels,
+then least waste), resize keeping the aspect ratio, pad centred, cut into tower-sized tiles, add a base
+view. The same functions count tokens in the processor and un-pad features in the model, so the two can
+never disagree. Later families add aspect-ratio tiling, fixed canvases and smart_resize here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from transformers.image_processing_utils import select_best_resolution
+
+
+def pad_to_square(image: np.ndarray, background: Sequence[float]) -> np.ndarray:
+    """Pad a (C, H, W) image to (C, S, S), S = max(H, W), centring it on ``background`` (one value per channel)."""
+    channels, height, width = image.shape
+    if height == width:
+        return image
+    side = max(height, width)
+    canvas = np.empty((channels, side, side), dtype=image.dtype)
+    canvas[:] = np.asarray(background, dtype=image.dtype).reshape(-1, 1, 1)
+    top, left = (side - height) // 2, (side - width) // 2
+    canvas[:, top : top + height, left : left + width] = image
+    return canvas
+
+
+def validate_grid_pinpoints(grid_pinpoints: Sequence[Sequence[int]], tile_size: int) -> list[list[int]]:
+    """Check AnyRes pinpoints: a non-empty list of [height, width] multiples of the tile size."""
+    if not grid_pinpoints:
+        raise ValueError("image_grid_pinpoints must list at least one [height, width] resolution")
+    pinpoints = []
+    for pinpoint in grid_pinpoints:
+        if len(pinpoint) != 2 or any(int(side) <= 0 or int(side) % tile_size for side in pinpoint):
+            raise ValueError(
+                f"each image_grid_pinpoints entry must be [height, width], positive multiples of the tile size "
+                f"{tile_size}; got {list(pinpoint)}"
+            )
+        pinpoints.append([int(pinpoint[0]), int(pinpoint[1])])
+    return pinpoints
+
+
+def anyres_target_resolution(image_size: Sequence[int], grid_pinpoints: Sequence[Sequence[int]]) -> tuple[int, int]:
+    """The (height, width) pinpoint an image of ``image_size`` (height, width) is resized and padded to."""
+    height, width = (int(side) for side in image_size)
+    return tuple(select_best_resolution((height, width), [list(p) for p in grid_pinpoints]))
+
+
+def anyres_grid_shape(
+    image_size: Sequence[int], grid_pinpoints: Sequence[Sequence[int]], tile_size: int
+) -> tuple[int, int]:
+    """(rows, columns) of tiles that AnyRes cuts an image of ``image_size`` into."""
+    target_height, target_width = anyres_target_resolution(image_size, grid_pinpoints)
+    return target_height // tile_size, target_width // tile_size
+
+
+def anyres_num_views(image_size: Sequence[int], grid_pinpoints: Sequence[Sequence[int]], tile_size: int) -> int:
+    """Tiles plus the base view."""
+    rows, columns = anyres_grid_shape(image_size, grid_pinpoints, tile_size)
+    return rows * columns + 1
+
+
+def fit_within(image_size: Sequence[int], target: Sequence[int]) -> tuple[int, int]:
+    """(height, width) of the image resized to fit ``target`` with its aspect ratio kept (AnyRes resize)."""
+    height, width = image_size
+    target_height, target_width = target
+    scale_width, scale_height = target_width / width, target_height / height
+    if scale_width < scale_height:
+        return min(math.ceil(height * scale_width), target_height), target_width
+    return target_height, min(math.ceil(width * scale_height), target_width)
+
+
+def pad_centered(image: np.ndarray, target: Sequence[int]) -> np.ndarray:
+    """Zero-pad a (C, H, W) image to ``target`` (height, width), centred (extra pixel at the bottom/right)."""
+    _, height, width = image.shape
+    pad_top, extra_height = divmod(target[0] - height, 2)
+    pad_left, extra_width = divmod(target[1] - width, 2)
+    padding = ((0, 0), (pad_top, pad_top + extra_height), (pad_left, pad_left + extra_width))
+    return np.pad(image, padding, mode="constant", constant_values=0)
+
+
+def split_into_tiles(image: np.ndarray, tile_size: int) -> list[np.ndarray]:
+    """Cut a (C, H, W) image whose sides are multiples of ``tile_size`` into row-major tiles."""
+    _, height, width = image.shape
+    return [
+        image[:, top : top + tile_size, left : left + tile_size]
+        for top in range(0, height, tile_size)
+        for left in range(0, width, tile_size)
+    ]
+
+
+def unpadded_region(original_size: Sequence[int], grid_size: Sequence[int]) -> tuple[int, int, int, int]:
+    """Region (top, height, left, width) of a (grid_h, grid_w) feature map that holds the image, not padding.
+
+    AnyRes padded the image centred on its grid; this undoes that at feature resolution ("spatial unpad").
+    """
+    original_height, original_width = (int(side) for side in original_size)
+    grid_height, grid_width = grid_size
+    if original_width / original_height > grid_width / grid_height:
+        content_height = int(round(original_height * (grid_width / original_width), 7))
+        padding = (grid_height - content_height) // 2
+        return padding, grid_height - 2 * padding, 0, grid_width
+    content_width = int(round(original_width * (grid_height / original_height), 7))
+    padding = (grid_width - content_width) // 2
+    return 0, grid_height, padding, grid_width - 2 * padding
+
+
+def anyres_num_tokens(
+    image_size: Sequence[int],
+    grid_pinpoints: Sequence[Sequence[int]],
+    tile_size: int,
+    patch_size: int,
+    tokens_per_view: int,
+) -> int:
+    """Visual tokens of one AnyRes image: base view + un-padded tile grid + one newline per feature row."""
+    rows, columns = anyres_grid_shape(image_size, grid_pinpoints, tile_size)
+    patches_per_side = tile_size // patch_size
+    _, height, _, width = unpadded_region(image_size, (rows * patches_per_side, columns * patches_per_side))
+    return tokens_per_view + height * width + height
