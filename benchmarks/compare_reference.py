@@ -1,0 +1,404 @@
+"""Speed and memory baseline: a vlmzoo family against its transformers reference, in one process.
+
+Owns the ``python benchmarks/compare_reference.py --family llava`` measurement: vlmzoo's
+``ZooLlavaForConditionalGeneration`` against transformers' ``LlavaForConditionalGeneration`` (LLaVA 1.5,
+Liu et al. 2023, "Improved Baselines with Visual Instruction Tuning": CLIP ViT -> mlp2x_gelu -> Llama).
+
+Method (the README beside this file explains it at length):
+- The reference is built with random init in fp32; vlmzoo's model then receives the *same* weights through
+  a small key map, and the script refuses to measure anything unless both give the same logits
+  (max abs diff <= 1e-4) on the same inputs.
+- Prefill latency: one forward over the whole prompt with pixels, building the KV cache, last-token logits
+  only (what ``generate`` does at its first step). Generation: ``generate`` greedy with the cache,
+  exactly ``max_new_tokens`` new tokens (``min_new_tokens`` equal), tokens/s = new tokens / wall time of the
+  whole call (prefill included, nothing subtracted). Training step: forward with labels + backward + SGD step
+  on every parameter.
+- Runs are interleaved (ours, reference, reference, ours, ...) after warm-up, so both sides share the noise
+  of a busy machine; medians are reported and every single time is kept in the JSON.
+- Peak memory: the peak of bytes held by tensors *created during* one run (activations, KV cache,
+  gradients, temporaries), tracked per storage with a ``TorchDispatchMode``; the weights, which both sides
+  hold equally, are reported apart. It is exact for tensors made by aten operators and ignores allocator
+  caching and kernels' private scratch buffers; process RSS is not used because the CPU allocator keeps
+  freed pages, so RSS within one process depends on what ran before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import transformers
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from transformers import GenerationConfig, HfArgumentParser, LlavaConfig, LlavaForConditionalGeneration
+
+import vlmzoo
+from vlmzoo import ZooLlavaConfig, ZooLlavaForConditionalGeneration
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PARITY_TOLERANCE = 1e-4
+MIB = 2**20
+
+
+@dataclass
+class BenchmarkArguments:
+    family: Literal["llava"] = field(default="llava", metadata={"help": "vlmzoo family to compare"})
+    size: Literal["small", "tiny"] = field(
+        default="small", metadata={"help": "'small': realistic layer sizes, few layers; 'tiny': a seconds-long smoke run"}
+    )
+    output: str | None = field(
+        default=None, metadata={"help": "JSON path (default benchmarks/results/compare_reference_<family>.json)"}
+    )
+    repeats: int = field(default=5, metadata={"help": "timed runs per side and metric (medians reported)"})
+    warmup: int = field(default=1, metadata={"help": "untimed runs per side and metric before timing"})
+    threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads (default: all CPU cores)"})
+    max_new_tokens: int = field(default=32, metadata={"help": "tokens generated per generate call"})
+    text_tokens: int = field(default=32, metadata={"help": "text tokens in the prompt besides the image tokens"})
+    attn_implementation: Literal["sdpa", "eager"] = field(default="sdpa", metadata={"help": "attention backend, both sides"})
+    device: str = field(default="cpu", metadata={"help": "torch device, e.g. cpu or cuda"})
+    seed: int = field(default=0, metadata={"help": "seed of the reference's random init and of the inputs"})
+
+
+# ----- LLaVA: sizes, the pair of models, inputs ---------------------------------------------------------
+LLAVA_SIZES: dict[str, dict] = {
+    # CLIP ViT-B-like tower at 336 px / patch 14 (576 image tokens), an 8-layer Llama 1024 wide, 32k vocab
+    "small": {
+        "vision": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+                   "image_size": 336, "patch_size": 14, "projection_dim": 512},
+        "text": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 8, "num_attention_heads": 16,
+                 "num_key_value_heads": 16, "vocab_size": 32064, "max_position_embeddings": 4096},
+        "image_token_id": 32000,
+    },
+    # same structure in miniature: 28 px / patch 14 (4 image tokens)
+    "tiny": {
+        "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                   "image_size": 28, "patch_size": 14, "projection_dim": 32},
+        "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                 "num_key_value_heads": 2, "vocab_size": 320, "max_position_embeddings": 512},
+        "image_token_id": 300,
+    },
+}
+BOS, EOS, PAD = 1, 2, 0
+
+# transformers' in-memory LlavaForConditionalGeneration keys -> vlmzoo's (first match wins; unmatched: same name)
+LLAVA_KEY_MAP: list[tuple[str, str]] = [
+    ("model.multi_modal_projector.linear_1.", "model.multi_modal_projector.0."),
+    ("model.multi_modal_projector.linear_2.", "model.multi_modal_projector.2."),
+]
+
+
+def map_llava_reference_key(key: str) -> str:
+    for old_prefix, new_prefix in LLAVA_KEY_MAP:
+        if key.startswith(old_prefix):
+            return new_prefix + key[len(old_prefix) :]
+    return key
+
+
+@dataclass
+class ModelPair:
+    ours: torch.nn.Module
+    reference: torch.nn.Module
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    description: dict
+
+
+def build_llava_pair(size: str, attn_implementation: str, device: torch.device, seed: int, text_tokens: int) -> ModelPair:
+    spec = LLAVA_SIZES[size]
+    vision = {"model_type": "clip_vision_model", **spec["vision"]}
+    text = {"model_type": "llama", **spec["text"], "rms_norm_eps": 1e-5, "bos_token_id": BOS, "eos_token_id": EOS,
+            "pad_token_id": PAD}
+    image_token_id = spec["image_token_id"]
+    num_image_tokens = (vision["image_size"] // vision["patch_size"]) ** 2  # CLS dropped ("default" strategy)
+    shared = {"vision_feature_layer": -2, "vision_feature_select_strategy": "default", "image_seq_length": num_image_tokens}
+
+    torch.manual_seed(seed)
+    reference_config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token_id,
+                                   projector_hidden_act="gelu", **shared)
+    reference = LlavaForConditionalGeneration._from_config(reference_config, attn_implementation=attn_implementation)
+    our_config = ZooLlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token_id,
+                                projector_type="mlp2x_gelu", **shared)
+    ours = ZooLlavaForConditionalGeneration._from_config(our_config, attn_implementation=attn_implementation)
+
+    mapped = {map_llava_reference_key(key): value for key, value in reference.state_dict().items()}
+    missing, unexpected = ours.load_state_dict(mapped, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"weight map incomplete: missing in ours {missing}, unused from the reference {unexpected}")
+    ours.to(device).eval()
+    reference.to(device).eval()
+
+    # prompt: BOS, the image tokens, random text tokens (ids below the image token, above the specials)
+    generator = torch.Generator().manual_seed(seed + 1)
+    text_ids = torch.randint(3, image_token_id, (1, text_tokens), generator=generator)
+    input_ids = torch.cat([torch.tensor([[BOS]]), torch.full((1, num_image_tokens), image_token_id), text_ids], dim=1)
+    pixel_values = torch.randn(1, 3, vision["image_size"], vision["image_size"], generator=generator)
+    labels = input_ids.masked_fill(input_ids == image_token_id, -100)
+    inputs = {"input_ids": input_ids, "pixel_values": pixel_values, "attention_mask": torch.ones_like(input_ids)}
+    description = {
+        "ours": f"vlmzoo.{type(ours).__name__}",
+        "reference": f"transformers.{type(reference).__name__}",
+        "vision_config": vision,
+        "text_config": text,
+        "projector": "mlp2x_gelu",
+        "batch_size": 1,
+        "image_tokens": num_image_tokens,
+        "text_tokens": text_tokens + 1,
+        "prompt_tokens": int(input_ids.shape[1]),
+        "parameters": sum(p.numel() for p in ours.parameters()),
+        "attn_implementation": {"ours": ours.config._attn_implementation,
+                                "reference": reference.config._attn_implementation},
+    }
+    return ModelPair(ours, reference, {k: v.to(device) for k, v in inputs.items()}, labels.to(device), description)
+
+
+PAIR_BUILDERS: dict[str, Callable[..., ModelPair]] = {"llava": build_llava_pair}
+
+
+# ----- measurement helpers ------------------------------------------------------------------------------
+class PeakTensorMemory(TorchDispatchMode):
+    """Peak bytes of tensor storages created while active (freed ones subtracted when their storage dies).
+
+    Outputs that share storage with an input (views, in-place and ``out=`` ops) are not new memory.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.live_bytes = 0
+        self.peak_bytes = 0
+        self._finalizers: dict[int, weakref.finalize] = {}
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self._finalizers.pop(key, None)
+        self.live_bytes -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        outputs = func(*args, **kwargs)
+        input_storages = {
+            id(t.untyped_storage()) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)
+        }
+        for tensor in tree_leaves(outputs):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            key, nbytes = id(storage), storage.nbytes()
+            if key in input_storages or key in self._finalizers or nbytes == 0:
+                continue
+            self._finalizers[key] = weakref.finalize(storage, self._release, key, nbytes)
+            self.live_bytes += nbytes
+            self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        return outputs
+
+    def __exit__(self, *exc):
+        for finalizer in list(self._finalizers.values()):
+            finalizer.detach()
+        self._finalizers.clear()
+        return super().__exit__(*exc)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def tensor_bytes(module: torch.nn.Module) -> int:
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in list(module.parameters()) + list(module.buffers())}
+    return sum(storages.values())
+
+
+@dataclass
+class Workload:
+    """One metric: ``run(model, side)`` does the work once; results report ``per_run_units / seconds``
+    when ``per_run_units`` is set (throughput), else milliseconds (latency)."""
+
+    name: str
+    run: Callable[[torch.nn.Module, str], object]
+    per_run_units: int | None = None
+    unit: str = "ms"
+
+
+def make_workloads(pair: ModelPair, max_new_tokens: int) -> list[Workload]:
+    generation_config = GenerationConfig(
+        do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, use_cache=True,
+    )
+    optimizers = {
+        side: torch.optim.SGD(model.parameters(), lr=1e-4)
+        for side, model in (("ours", pair.ours), ("reference", pair.reference))
+    }
+    prompt_length = pair.inputs["input_ids"].shape[1]
+
+    def prefill(model, side):
+        with torch.inference_mode():
+            return model(**pair.inputs, use_cache=True, logits_to_keep=1).logits
+
+    def generate(model, side):
+        sequences = model.generate(**pair.inputs, generation_config=generation_config)
+        if sequences.shape[1] - prompt_length != max_new_tokens:
+            raise RuntimeError(f"{side} generated {sequences.shape[1] - prompt_length} tokens, not {max_new_tokens}")
+        return sequences[:, prompt_length:]
+
+    def train_step(model, side):
+        model.train()
+        optimizers[side].zero_grad(set_to_none=True)
+        loss = model(**pair.inputs, labels=pair.labels).loss
+        loss.backward()
+        optimizers[side].step()
+        model.eval()
+        return loss.detach()
+
+    return [
+        Workload("prefill_latency", prefill),
+        Workload("generate_tokens_per_s", generate, per_run_units=max_new_tokens, unit="tokens/s"),
+        Workload("train_step_latency", train_step),
+    ]
+
+
+def interleaved_order(round_index: int) -> tuple[str, str]:
+    """ours first on even rounds, reference first on odd ones, so neither side always runs in the other's wake."""
+    return ("ours", "reference") if round_index % 2 == 0 else ("reference", "ours")
+
+
+def measure(workload: Workload, models: dict[str, torch.nn.Module], device: torch.device, warmup: int,
+            repeats: int) -> tuple[dict, dict]:
+    first_outputs = {}
+    for round_index in range(warmup):
+        for side in interleaved_order(round_index):
+            output = workload.run(models[side], side)
+            first_outputs.setdefault(side, output)
+    seconds: dict[str, list[float]] = {"ours": [], "reference": []}
+    for round_index in range(repeats):
+        for side in interleaved_order(round_index):
+            synchronize(device)
+            start = time.perf_counter()
+            output = workload.run(models[side], side)
+            synchronize(device)
+            seconds[side].append(time.perf_counter() - start)
+            first_outputs.setdefault(side, output)
+    peaks = {}
+    for side in ("ours", "reference"):
+        with PeakTensorMemory() as tracker:
+            workload.run(models[side], side)
+            synchronize(device)
+        peaks[side] = tracker.peak_bytes
+    result = {"unit": workload.unit, "seconds": seconds}
+    for side in ("ours", "reference"):
+        median = statistics.median(seconds[side])
+        value = workload.per_run_units / median if workload.per_run_units else median * 1000
+        result[side] = value
+        result[f"{side}_peak_tensor_mib"] = peaks[side] / MIB
+    result["ratio"] = result["ours"] / result["reference"]
+    result["peak_ratio"] = peaks["ours"] / peaks["reference"] if peaks["reference"] else None
+    return result, first_outputs
+
+
+# ----- report -------------------------------------------------------------------------------------------
+def format_table(metrics: dict[str, dict]) -> str:
+    rows = [("metric", "ours", "reference", "ratio ours/reference")]
+    for name, result in metrics.items():
+        rows.append((f"{name} ({result['unit']}, median)", f"{result['ours']:.2f}", f"{result['reference']:.2f}",
+                     f"{result['ratio']:.3f}"))
+    for name, result in metrics.items():
+        rows.append((f"{name.rsplit('_', 1)[0] if name.endswith('_latency') else name} peak tensor memory (MiB)",
+                     f"{result['ours_peak_tensor_mib']:.1f}", f"{result['reference_peak_tensor_mib']:.1f}",
+                     f"{result['peak_ratio']:.3f}" if result["peak_ratio"] is not None else "n/a"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [" | ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
+    lines.insert(1, "-+-".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(args=argv)
+    if args.repeats < 1 or args.warmup < 1:
+        raise ValueError(f"--repeats and --warmup must be at least 1, got {args.repeats} and {args.warmup}")
+    if args.max_new_tokens < 1 or args.text_tokens < 1:
+        raise ValueError("--max_new_tokens and --text_tokens must be at least 1")
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    load_before = os.getloadavg()
+
+    started = time.perf_counter()
+    pair = PAIR_BUILDERS[args.family](args.size, args.attn_implementation, device, args.seed, args.text_tokens)
+    models = {"ours": pair.ours, "reference": pair.reference}
+    print(f"built {args.family} '{args.size}': {pair.description['parameters'] / 1e6:.1f}M parameters, "
+          f"{pair.description['prompt_tokens']} prompt tokens ({time.perf_counter() - started:.1f}s)", flush=True)
+
+    # honesty check: identical weights must give identical logits before anything is timed
+    with torch.inference_mode():
+        logits = {side: model(**pair.inputs).logits.float() for side, model in models.items()}
+    parity = (logits["ours"] - logits["reference"]).abs().max().item()
+    if not parity <= PARITY_TOLERANCE:
+        raise SystemExit(f"logits differ by {parity:.3g} > {PARITY_TOLERANCE}: the comparison would not be fair")
+    print(f"parity: max |logits ours - reference| = {parity:.3g} (max |logit| {logits['reference'].abs().max():.3g})")
+
+    metrics, checks = {}, {"max_abs_logit_diff": parity, "tolerance": PARITY_TOLERANCE}
+    for workload in make_workloads(pair, args.max_new_tokens):
+        result, first_outputs = measure(workload, models, device, args.warmup, args.repeats)
+        metrics[workload.name] = result
+        print(f"{workload.name}: ours {result['ours']:.2f} {result['unit']}, reference {result['reference']:.2f}",
+              flush=True)
+        if workload.name == "generate_tokens_per_s":
+            checks["generated_ids_equal"] = bool(torch.equal(first_outputs["ours"], first_outputs["reference"]))
+        if workload.name == "train_step_latency":  # first step: both sides start from the same weights
+            checks["first_train_loss"] = {side: float(loss) for side, loss in first_outputs.items()}
+
+    table = format_table(metrics)
+    print("\n" + table)
+    report = {
+        "family": args.family,
+        "size": args.size,
+        "arguments": asdict(args),
+        "models": pair.description,
+        "checks": checks,
+        "metrics": metrics,
+        "weights_mib": {side: tensor_bytes(model) / MIB for side, model in models.items()},
+        "method": {
+            "prefill_latency": "one forward over the whole prompt with pixels, use_cache=True, logits_to_keep=1 "
+                               "(generate's first step), torch.inference_mode; median of the timed runs, ms",
+            "generate_tokens_per_s": "generate greedy with the KV cache, min_new_tokens = max_new_tokens; new tokens "
+                                     "/ median wall time of the whole call (prefill included, nothing subtracted)",
+            "train_step_latency": "model.train(), forward with labels (image tokens -100), backward, SGD step "
+                                  "(lr 1e-4) on every parameter; median, ms",
+            "peak_tensor_mib": "peak bytes of tensor storages created during one run (activations, KV cache, "
+                               "gradients, temporaries), tracked per storage with a TorchDispatchMode in a separate "
+                               "untimed run; the weights are excluded (see weights_mib); allocator caching and "
+                               "kernels' private scratch space are not counted. Process RSS is not used: within one "
+                               "process the allocator keeps freed pages, so RSS depends on what ran before.",
+            "interleaving": "warm-up rounds, then rounds alternating ours/reference and reference/ours",
+        },
+        "environment": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "vlmzoo": vlmzoo.__version__,
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": str(device),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "total_seconds": time.perf_counter() - started,
+        },
+    }
+    output = Path(args.output) if args.output else RESULTS_DIR / f"compare_reference_{args.family}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Builders shared by the tests: tiny models, processors, images and batches from the family table."""
+
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+import vlmzoo
+from vlmzoo import presets
+
+TINY_CASES = [
+    (family, preset)
+    for family in vlmzoo.FAMILIES.keys()
+    for preset in presets.preset_names(family)
+    if preset.startswith("tiny")
+]
+
+
+def case_id(case) -> str:
+    return f"{case[0]}-{case[1]}"
+
+
+def make_image(width: int, height: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).convert(mode)
+
+
+def user_prompt(processor, question: str) -> str:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def build(case, seed: int = 0, **overrides):
+    family, preset = case
+    config = presets.get_config(family, preset, **overrides)
+    processor = presets.get_processor(family, preset, config)
+    torch.manual_seed(seed)
+    model_class = vlmzoo.get_family(family).for_generation_class
+    model = model_class(config).eval()
+    return model, processor
+
+
+def two_prompt_batch(processor):
+    """Two prompts of different lengths and two images of different sizes, left padded."""
+    images = [make_image(80, 48, seed=1), make_image(40, 100, seed=2)]
+    texts = [user_prompt(processor, "What color is the shape?"), user_prompt(processor, "Where is it?")]
+    return processor(images=images, text=texts, return_tensors="pt", padding=True), images, texts
