@@ -28,7 +28,7 @@ from .modeling_base import (
     place_image_features,
 )
 from .projectors import build_projector
-from .vision_towers import build_vision_tower, num_feature_layers, run_vision_tower
+from .vision_towers import build_vision_tower, check_tower_views, num_feature_layers, run_vision_tower
 
 
 class ZooLlavaPreTrainedModel(ZooPreTrainedModel):
@@ -85,11 +85,7 @@ class ZooLlavaModel(ZooLlavaPreTrainedModel):
         config = self.config
         if config.uses_anyres:
             return self._anyres_image_features(pixel_values, image_sizes)
-        if pixel_values.dim() != 4 or pixel_values.shape[1] != config.vision_config.num_channels:
-            raise ValueError(
-                f"pixel_values must be (num_images, {config.vision_config.num_channels}, height, width) for a "
-                f"fixed-resolution model, got shape {tuple(pixel_values.shape)}"
-            )
+        check_tower_views(pixel_values, config.vision_config.num_channels, config.vision_config.image_size)
         features = run_vision_tower(
             self.vision_tower, pixel_values, config.vision_feature_layer, config.vision_feature_select_strategy
         )
@@ -115,6 +111,7 @@ class ZooLlavaModel(ZooLlavaPreTrainedModel):
             )
         # (num_images, max_views, 3, H, W) -> (total real views, 3, H, W)
         views = torch.cat([pixels[:count] for pixels, count in zip(pixel_values, views_per_image)], dim=0)
+        check_tower_views(views, config.vision_config.num_channels, tile_size)
         features = run_vision_tower(
             self.vision_tower, views, config.vision_feature_layer, config.vision_feature_select_strategy
         )

@@ -43,6 +43,16 @@ def select_vision_features(
     return selected[0] if len(selected) == 1 else torch.cat(selected, dim=-1)
 
 
+def check_tower_views(pixel_values: torch.Tensor, channels: int, image_size: int) -> None:
+    """``ValueError`` unless ``pixel_values`` is (num_views, channels, image_size, image_size)."""
+    expected = (channels, image_size, image_size)
+    if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
+        raise ValueError(
+            f"the vision tower takes views of shape (num_views, {channels}, {image_size}, {image_size}); got "
+            f"{tuple(pixel_values.shape)}. Make pixel_values with the model's processor."
+        )
+
+
 def run_vision_tower(
     tower: nn.Module, pixel_values: torch.Tensor, feature_layer: int | Sequence[int], select_strategy: str
 ) -> torch.Tensor:

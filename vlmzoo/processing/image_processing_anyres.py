@@ -87,7 +87,9 @@ class ZooAnyResImageProcessor(ZooImageInputMixin, PilBackend):
         **kwargs,
     ) -> BatchFeature:
         tile = self.tile_size(size, crop_size)
-        pinpoints = validate_grid_pinpoints(image_grid_pinpoints or self.image_grid_pinpoints, tile)
+        pinpoints = validate_grid_pinpoints(
+            self.image_grid_pinpoints if image_grid_pinpoints is None else image_grid_pinpoints, tile
+        )
         per_image, image_sizes = [], []
         for image in images:  # each (C, H, W)
             views = []
