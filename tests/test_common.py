@@ -181,3 +181,28 @@ def test_no_split_modules_come_from_sub_models(case):
     assert type(model.language_model.layers[0]).__name__ in model._no_split_modules
     tower_layer = next(m for m in model.vision_tower.modules() if type(m).__name__.endswith("EncoderLayer"))
     assert type(tower_layer).__name__ in model._no_split_modules
+
+
+def test_from_pretrained_rebuilds_buffers_and_initialises_missing_weights(case, tmp_path):
+    """from_pretrained builds on the meta device: buffers and absent weights must come back initialised."""
+    from safetensors.torch import load_file, save_file
+
+    model, _ = build(case)
+    model.save_pretrained(tmp_path)
+    weights_file = tmp_path / "model.safetensors"
+    state = load_file(weights_file)
+    dropped = [key for key in state if key.startswith("model.multi_modal_projector.") or key == "model.image_newline"]
+    save_file({k: v for k, v in state.items() if k not in dropped}, weights_file, metadata={"format": "pt"})
+
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    fresh_buffers = dict(model.named_buffers())
+    for name, buffer in reloaded.named_buffers():
+        torch.testing.assert_close(buffer, fresh_buffers[name], rtol=0, atol=0, msg=name)
+    reloaded_params = dict(reloaded.named_parameters())
+    for key in dropped:
+        value = reloaded_params[key]
+        assert torch.isfinite(value).all(), key
+        if key.endswith("weight") or key.endswith("image_newline"):
+            assert 0 < value.std() < 1, key  # drawn from the init distribution, not left as garbage / zeros
+        else:
+            assert torch.equal(value, torch.zeros_like(value)), key  # biases start at zero

@@ -1,0 +1,80 @@
+"""LLaVA-specific checks: the papers' shapes and token counts, feature selection, AnyRes geometry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vlmzoo
+from vlmzoo import presets
+from vlmzoo.processing.image_transforms import anyres_grid_shape, anyres_num_tokens, unpadded_region
+from helpers import build, make_image, user_prompt
+
+
+def _meta_model(preset: str):
+    with torch.device("meta"):
+        return vlmzoo.ZooLlavaForConditionalGeneration(presets.get_config("llava", preset))
+
+
+def test_llava_15_7b_sizes():
+    model = _meta_model("llava-1.5-7b")
+    projector = sum(p.numel() for p in model.multi_modal_projector.parameters())
+    assert projector == (1024 * 4096 + 4096) + (4096 * 4096 + 4096)  # mlp2x_gelu, 1024 -> 4096 -> 4096
+    tower = sum(p.numel() for p in model.vision_tower.parameters())
+    assert 303_000_000 < tower < 304_500_000  # CLIP ViT-L/14-336 vision half (~303.5M)
+    language = sum(p.numel() for p in model.language_model.parameters()) + model.lm_head.weight.numel()
+    assert 6_700_000_000 < language < 6_800_000_000  # Vicuna-7B
+
+
+def test_paper_token_counts():
+    # LLaVA-1.5 at 336 px, patch 14, CLS dropped: 24 * 24 = 576 tokens
+    config = presets.get_config("llava", "llava-1.5-7b")
+    assert (config.vision_config.image_size // config.vision_config.patch_size) ** 2 == 576
+    # LLaVA-NeXT, 672x672 image: 5 views of 576 (the paper's 2880) minus the base CLS-free grid layout:
+    # 576 base + 48x48 tile grid (nothing to unpad) + 48 newlines = 2928
+    next_config = presets.get_config("llava", "llava-next-7b")
+    assert anyres_num_tokens((672, 672), next_config.image_grid_pinpoints, 336, 14, 576) == 2928
+    # a 1008x336 (h x w) portrait image is 3 tiles tall, 1 wide, nothing to unpad: 576 + 72*24 + 72
+    assert anyres_grid_shape((1008, 336), next_config.image_grid_pinpoints, 336) == (3, 1)
+    assert anyres_num_tokens((1008, 336), next_config.image_grid_pinpoints, 336, 14, 576) == 576 + 72 * 24 + 72
+
+
+@pytest.mark.parametrize(
+    "original, grid, expected",
+    [
+        ((100, 200), (48, 48), (12, 24, 0, 48)),  # landscape: rows of padding above and below
+        ((200, 100), (48, 48), (0, 48, 12, 24)),  # portrait: columns of padding left and right
+        ((300, 300), (48, 48), (0, 48, 0, 48)),  # square: nothing to remove
+    ],
+)
+def test_unpadded_region(original, grid, expected):
+    assert unpadded_region(original, grid) == expected
+
+
+def test_processor_token_count_matches_model_features_for_many_sizes():
+    model, processor = build(("llava", "tiny-anyres"))
+    text = user_prompt(processor, "What is it?")
+    for width, height in [(1, 1), (64, 64), (200, 30), (30, 200), (129, 64), (65, 191), (500, 499)]:
+        inputs = processor(images=[make_image(width, height)], text=[text], return_tensors="pt")
+        features = model.get_image_features(inputs["pixel_values"], image_sizes=inputs["image_sizes"])
+        assert features.shape[0] == int((inputs["input_ids"] == model.config.image_token_id).sum()), (width, height)
+
+
+def test_multi_layer_feature_selection_concatenates_layers():
+    model, processor = build(("llava", "tiny"), vision_feature_layer=[-3, -2])
+    width = model.config.vision_config.hidden_size
+    assert model.multi_modal_projector[0].in_features == 2 * width
+    pixels = processor.image_processor(images=[make_image(50, 40)], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        hidden = model.vision_tower(pixels, output_hidden_states=True).hidden_states
+        expected = model.multi_modal_projector(torch.cat([hidden[-3][:, 1:], hidden[-2][:, 1:]], dim=-1))
+        torch.testing.assert_close(model.get_image_features(pixels), expected.flatten(0, 1))
+
+
+def test_full_strategy_keeps_the_cls_token():
+    model, processor = build(("llava", "tiny"), vision_feature_select_strategy="full")
+    processor.vision_feature_select_strategy = "full"
+    text = user_prompt(processor, "What is it?")
+    inputs = processor(images=[make_image(50, 40)], text=[text], return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 16 + 1
+    assert torch.isfinite(model(**inputs).logits).all()
