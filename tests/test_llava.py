@@ -30,8 +30,8 @@ def test_paper_token_counts():
     # LLaVA-1.5 at 336 px, patch 14, CLS dropped: 24 * 24 = 576 tokens
     config = presets.get_config("llava", "llava-1.5-7b")
     assert (config.vision_config.image_size // config.vision_config.patch_size) ** 2 == 576
-    # LLaVA-NeXT, 672x672 image: 5 views of 576 (the paper's 2880) minus the base CLS-free grid layout:
-    # 576 base + 48x48 tile grid (nothing to unpad) + 48 newlines = 2928
+    # LLaVA-NeXT, 672x672 image: the paper's 5 views x 576 = 2880, laid out as 576 base tokens + the
+    # 48x48 tile grid (nothing to unpad) + one newline per grid row = 2928
     next_config = presets.get_config("llava", "llava-next-7b")
     assert anyres_num_tokens((672, 672), next_config.image_grid_pinpoints, 336, 14, 576) == 2928
     # a 1008x336 (h x w) portrait image is 3 tiles tall, 1 wide, nothing to unpad: 576 + 72*24 + 72
