@@ -206,3 +206,12 @@ def test_from_pretrained_rebuilds_buffers_and_initialises_missing_weights(case, 
             assert 0 < value.std() < 1, key  # drawn from the init distribution, not left as garbage / zeros
         else:
             assert torch.equal(value, torch.zeros_like(value)), key  # biases start at zero
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_attn_implementation_reaches_every_sub_model(case, tmp_path, implementation):
+    model, _ = build(case)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path, attn_implementation=implementation)
+    assert reloaded.language_model.config._attn_implementation == implementation
+    assert reloaded.vision_tower.config._attn_implementation == implementation
