@@ -28,17 +28,19 @@ class VLMDataCollator:
     max_length: int | None = None
 
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+        if not examples:
+            raise ValueError("cannot collate an empty batch: no examples with 'messages'")
+        missing = [index for index, example in enumerate(examples) if not example.get("messages")]
+        if missing:
+            raise ValueError(f"examples {missing} have no (or an empty) 'messages' list of chat turns")
         conversations = [example["messages"] for example in examples]
-        if not conversations or any(not conversation for conversation in conversations):
-            raise ValueError("every example needs a non-empty 'messages' list")
         batch = self.processor.apply_chat_template(
             conversations,
             tokenize=True,
             return_dict=True,
             return_assistant_tokens_mask=True,
-            padding=True,
-            padding_side="right",
             return_tensors="pt",
+            processor_kwargs={"padding": True, "padding_side": "right"},
         )
         input_ids = batch["input_ids"]
         if self.max_length is not None and input_ids.shape[1] > self.max_length:
