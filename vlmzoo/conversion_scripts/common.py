@@ -100,13 +100,6 @@ class CheckpointReader:
             raise ValueError(f"{label} directory '{self.directory}' does not exist")
         self.shards, self._weight_map = self._locate()
 
-    @staticmethod
-    def has_weights(directory: str | Path) -> bool:
-        directory = Path(directory)
-        return directory.is_dir() and any(
-            NON_WEIGHT_BIN_FILES.search(p.name) is None for p in directory.iterdir() if p.suffix in (".safetensors", ".bin")
-        )
-
     def _locate(self) -> tuple[list[Path], dict[str, str] | None]:
         directory = self.directory
         for suffix in (".safetensors", ".bin"):
@@ -437,6 +430,8 @@ def run_conversion(job: ConversionJob, arguments: ConversionArguments) -> int:
             print(f"note: {note}")
         _show("unused source tensors (no --allow-unused regex matches them)", rejected)
         _show("missing tensors of the converted model", plan.missing)
+        if rejected:
+            print("tensors known to be dead (e.g. a classifier head) can be allowed with --allow-unused REGEX")
         print(f"conversion failed; nothing was written to {arguments.output}")
         return 1
 
