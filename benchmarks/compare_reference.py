@@ -223,6 +223,7 @@ class Workload:
     when ``per_run_units`` is set (throughput), else milliseconds (latency)."""
 
     name: str
+    label: str
     run: Callable[[torch.nn.Module, str], object]
     per_run_units: int | None = None
     unit: str = "ms"
@@ -259,9 +260,9 @@ def make_workloads(pair: ModelPair, max_new_tokens: int) -> list[Workload]:
         return loss.detach()
 
     return [
-        Workload("prefill_latency", prefill),
-        Workload("generate_tokens_per_s", generate, per_run_units=max_new_tokens, unit="tokens/s"),
-        Workload("train_step_latency", train_step),
+        Workload("prefill_latency", "prefill", prefill),
+        Workload("generate_tokens_per_s", "generate", generate, per_run_units=max_new_tokens, unit="tokens/s"),
+        Workload("train_step_latency", "train step", train_step),
     ]
 
 
@@ -292,7 +293,7 @@ def measure(workload: Workload, models: dict[str, torch.nn.Module], device: torc
             workload.run(models[side], side)
             synchronize(device)
         peaks[side] = tracker.peak_bytes
-    result = {"unit": workload.unit, "seconds": seconds}
+    result = {"label": workload.label, "unit": workload.unit, "seconds": seconds}
     for side in ("ours", "reference"):
         median = statistics.median(seconds[side])
         value = workload.per_run_units / median if workload.per_run_units else median * 1000
@@ -310,7 +311,7 @@ def format_table(metrics: dict[str, dict]) -> str:
         rows.append((f"{name} ({result['unit']}, median)", f"{result['ours']:.2f}", f"{result['reference']:.2f}",
                      f"{result['ratio']:.3f}"))
     for name, result in metrics.items():
-        rows.append((f"{name.rsplit('_', 1)[0] if name.endswith('_latency') else name} peak tensor memory (MiB)",
+        rows.append((f"{result['label']} peak tensor memory (MiB)",
                      f"{result['ours_peak_tensor_mib']:.1f}", f"{result['reference_peak_tensor_mib']:.1f}",
                      f"{result['peak_ratio']:.3f}" if result["peak_ratio"] is not None else "n/a"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]

@@ -212,7 +212,7 @@ _TO_ORIGINAL = [
     (r"lm_head\.weight", r"lm_head.weight"),
     (r"model\.multi_modal_projector\.linear_1\.(.+)", r"model.mm_projector.0.\1"),
     (r"model\.multi_modal_projector\.linear_2\.(.+)", r"model.mm_projector.2.\1"),
-    (r"model\.image_newline", r"model.image_newline"),
+    (r"model\.image_newline", r"model.image_newline"),  # the reference's bare parameter
     (r"model\.vision_tower\.(.+)", r"model.vision_tower.vision_tower.vision_model.\1"),
 ]
 

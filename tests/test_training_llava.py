@@ -26,7 +26,7 @@ from vlmzoo.training import IGNORE_INDEX, VLMDataCollator, lora_config, set_trai
 
 COMPONENT_PREFIXES = {
     "vision_tower": ("model.vision_tower.",),
-    "multi_modal_projector": ("model.multi_modal_projector.", "model.image_newline"),
+    "multi_modal_projector": ("model.multi_modal_projector.", "model.image_newline."),
     "language_model": ("model.language_model.", "lm_head."),
 }
 
@@ -209,7 +209,7 @@ def test_stage_trains_exactly_its_components(preset, stage, trained, tmp_path):
     assert counts == {component: numel[component] if component in trained else 0 for component in numel}
     assert sum(counts.values()) == sum(p.numel() for p in model.parameters() if p.requires_grad)
     if preset == "tiny-anyres":
-        assert model.model.image_newline.requires_grad
+        assert model.model.image_newline.weight.requires_grad
 
     before = snapshot(model)
     train(model, processor, make_conversations(6, seed=1), tmp_path)
@@ -220,7 +220,7 @@ def test_stage_trains_exactly_its_components(preset, stage, trained, tmp_path):
     expected_changed = {name for name in before if component_of(name) in trained} - unreachable
     assert changed == expected_changed
     if preset == "tiny-anyres":
-        assert "model.image_newline" in changed
+        assert "model.image_newline.weight" in changed
 
 
 def test_unknown_stage_raises():
@@ -372,3 +372,16 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_processor):
     assert set(checkpointed) == set(plain)
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_lora_keeps_training_the_anyres_newline(tmp_path):
+    """The newline vector belongs to the projector component: under LoRA it is a module to save."""
+    model, processor = build("tiny-anyres")
+    config = lora_config(model, r=4)
+    assert "image_newline" in config.modules_to_save
+    peft_model = peft.get_peft_model(model, config)
+    newline_names = [n for n, p in peft_model.named_parameters() if "image_newline" in n and p.requires_grad]
+    assert newline_names and all("modules_to_save" in n for n in newline_names)
+    before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if n in newline_names}
+    train(peft_model, processor, make_conversations(4, seed=2), tmp_path)
+    assert all(not torch.equal(before[n], p) for n, p in peft_model.named_parameters() if n in newline_names)

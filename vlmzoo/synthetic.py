@@ -7,7 +7,8 @@ image gives: its colour, its shape or its position. Conversations use the chat-m
 LLaVA's visual instruction tuning (Liu et al., 2023): a user turn with the image and the question, an
 assistant turn with the answer, ready for ``vlmzoo.training.VLMDataCollator``.
 
-Everything is drawn from ``random.Random(seed)``, so a seed fixes the whole set.
+Every example is drawn from its own ``random.Random`` seeded by (seed, index), so a seed fixes the whole set
+and any example can be drawn alone (``SyntheticVQADataset`` draws them on access).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ _POSITION_CENTERS: dict[str, tuple[float, float]] = {
     "top": (0.5, 0.27),
     "bottom": (0.5, 0.73),
 }
+
+# example `index` of the set of `seed` is drawn from random.Random(seed * _INDICES_PER_SEED + index)
+_INDICES_PER_SEED = 2**32
 
 # question type -> phrasings (the answer is one word: a colour, a shape or a position)
 QUESTIONS: dict[str, tuple[str, ...]] = {
@@ -147,26 +151,31 @@ def sample_scene(rng: random.Random, image_size: int = 64) -> ShapeScene:
     return ShapeScene(shape, color, position, center, radius, background, image_size)
 
 
+def make_example(seed: int, index: int, image_size: int = 64, question_types: Sequence[str] = tuple(QUESTIONS)) -> VQAExample:
+    """Example ``index`` of the set of ``seed``: drawn from its own ``random.Random``, so any example is
+    reproducible alone; question types cycle through ``question_types`` with the index, so they stay balanced."""
+    if not isinstance(index, int) or index < 0:
+        raise ValueError(f"index must be a non-negative int, got {index!r}")
+    unknown = [kind for kind in question_types if kind not in QUESTIONS]
+    if unknown or not question_types:
+        raise ValueError(f"question_types must be a non-empty subset of {sorted(QUESTIONS)}, got {list(question_types)}")
+    rng = random.Random(seed * _INDICES_PER_SEED + index)
+    scene = sample_scene(rng, image_size)
+    question_type = question_types[index % len(question_types)]
+    question = rng.choice(QUESTIONS[question_type])
+    return VQAExample(scene, draw_scene(scene), question_type, question, scene.answer(question_type))
+
+
 def make_examples(
     num_examples: int,
     seed: int,
     image_size: int = 64,
     question_types: Sequence[str] = tuple(QUESTIONS),
 ) -> list[VQAExample]:
-    """``num_examples`` examples; question types cycle through ``question_types`` so they stay balanced."""
+    """Examples ``0 .. num_examples - 1`` of the set of ``seed`` (see :func:`make_example`)."""
     if not isinstance(num_examples, int) or num_examples < 0:
         raise ValueError(f"num_examples must be a non-negative int, got {num_examples!r}")
-    unknown = [kind for kind in question_types if kind not in QUESTIONS]
-    if unknown or not question_types:
-        raise ValueError(f"question_types must be a non-empty subset of {sorted(QUESTIONS)}, got {list(question_types)}")
-    rng = random.Random(seed)
-    examples = []
-    for index in range(num_examples):
-        scene = sample_scene(rng, image_size)
-        question_type = question_types[index % len(question_types)]
-        question = rng.choice(QUESTIONS[question_type])
-        examples.append(VQAExample(scene, draw_scene(scene), question_type, question, scene.answer(question_type)))
-    return examples
+    return [make_example(seed, index, image_size, question_types) for index in range(num_examples)]
 
 
 def chance_accuracy(examples: Sequence[VQAExample]) -> float:
@@ -176,17 +185,27 @@ def chance_accuracy(examples: Sequence[VQAExample]) -> float:
     return sum(1 / len(ANSWER_SETS[example.question_type]) for example in examples) / len(examples)
 
 
-class ChatDataset(torch.utils.data.Dataset):
-    """``{"messages": [...]}`` items for the HF ``Trainer`` + ``VLMDataCollator``."""
+class SyntheticVQADataset(torch.utils.data.Dataset):
+    """``{"messages": [...]}`` items for the HF ``Trainer`` + ``VLMDataCollator``, drawn on access.
 
-    def __init__(self, examples: Sequence[VQAExample]):
-        self.examples = list(examples)
+    Item ``i`` is ``make_example(seed, i, ...)``: nothing is held in memory, so the set can be as large as
+    the number of examples the training run will see (no example repeats, no overfitting).
+    """
+
+    def __init__(self, num_examples: int, seed: int, image_size: int = 64, question_types: Sequence[str] = tuple(QUESTIONS)):
+        if not isinstance(num_examples, int) or num_examples < 1:
+            raise ValueError(f"num_examples must be a positive int, got {num_examples!r}")
+        make_example(seed, 0, image_size, question_types)  # validates the arguments now, not in the data loader
+        self.num_examples, self.seed, self.image_size, self.question_types = num_examples, seed, image_size, question_types
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return self.num_examples
 
     def __getitem__(self, index: int) -> dict:
-        return {"messages": self.examples[index].messages(with_answer=True)}
+        if not 0 <= index < self.num_examples:
+            raise IndexError(f"index {index} out of range for {self.num_examples} examples")
+        example = make_example(self.seed, index, self.image_size, self.question_types)
+        return {"messages": example.messages(with_answer=True)}
 
 
 __all__ = [
@@ -195,11 +214,12 @@ __all__ = [
     "POSITIONS",
     "QUESTIONS",
     "SHAPES",
-    "ChatDataset",
+    "SyntheticVQADataset",
     "ShapeScene",
     "VQAExample",
     "chance_accuracy",
     "draw_scene",
+    "make_example",
     "make_examples",
     "sample_scene",
 ]

@@ -78,7 +78,7 @@ HF_KEY_TABLE = KeyTable(
         (r"(?:model\.)?vision_tower\.(?:vision_model\.)?(.+)", _TOWER_TARGETS),
         (r"(?:model\.)?multi_modal_projector\.linear_1\.(.+)", r"model.multi_modal_projector.0.\1"),
         (r"(?:model\.)?multi_modal_projector\.linear_2\.(.+)", r"model.multi_modal_projector.2.\1"),
-        (r"(?:model\.)?image_newline", r"model.image_newline"),
+        (r"(?:model\.)?image_newline", r"model.image_newline.weight"),
     ]
 )
 
@@ -88,7 +88,7 @@ ORIGINAL_KEY_TABLE = KeyTable(
         (r"model\.mm_projector\.(weight|bias)", r"model.multi_modal_projector.0.\1"),  # linear (LLaVA 1.0)
         (r"model\.mm_projector\.(\d+)\.(.+)", r"model.multi_modal_projector.\1.\2"),  # mlp2x_gelu: 0 and 2
         (r"model\.vision_tower\.vision_tower\.(?:vision_model\.)?(.+)", _TOWER_TARGETS),
-        (r"model\.image_newline", r"model.image_newline"),
+        (r"model\.image_newline", r"model.image_newline.weight"),
         (r"model\.(.+)", r"model.language_model.\1"),  # embed_tokens, layers.*, norm
         (r"lm_head\.(.+)", r"lm_head.\1"),
     ]

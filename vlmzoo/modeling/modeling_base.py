@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 from transformers.modeling_utils import slice_logits_to_keep
@@ -59,13 +58,10 @@ class ZooPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         # vlmzoo blocks with parameters or buffers that the generic rules above do not cover declare
-        # `_init_zoo_weights(std)`; buffers computed in __init__ are rebuilt there too, because
+        # `_init_zoo_weights()`; buffers computed in __init__ are rebuilt there too, because
         # from_pretrained creates modules on the meta device.
         if hasattr(module, "_init_zoo_weights"):
-            module._init_zoo_weights(self._init_std())
-
-    def _init_std(self) -> float:
-        return getattr(self.config.get_text_config(), "initializer_range", 0.02) or 0.02
+            module._init_zoo_weights()
 
     # ----- training stages (DESIGN.md §5) -----------------------------------------------------------
     def stage_component_modules(self) -> dict[str, list[nn.Module | nn.Parameter]]:

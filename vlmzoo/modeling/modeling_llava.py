@@ -9,12 +9,9 @@ Numerically this matches transformers' ``LlavaForConditionalGeneration`` / ``Lla
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin
-from transformers import initialization as init
 from transformers.cache_utils import Cache
 
 from ..configuration.configuration_llava import ZooLlavaConfig
@@ -27,19 +24,13 @@ from .modeling_base import (
     image_token_mask,
     place_image_features,
 )
-from .projectors import build_projector
+from .projectors import ImageNewline, build_projector
 from .vision_towers import build_vision_tower, check_tower_views, num_feature_layers, run_vision_tower
 
 
 class ZooLlavaPreTrainedModel(ZooPreTrainedModel):
     config: ZooLlavaConfig
     config_class = ZooLlavaConfig
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, ZooLlavaModel) and module.image_newline is not None:
-            init.normal_(module.image_newline, mean=0.0, std=1 / math.sqrt(self.config.text_config.hidden_size))
 
 
 class ZooLlavaModel(ZooLlavaPreTrainedModel):
@@ -54,9 +45,7 @@ class ZooLlavaModel(ZooLlavaPreTrainedModel):
             config.text_config.hidden_size,
             bias=config.multimodal_projector_bias,
         )
-        self.image_newline = (
-            nn.Parameter(torch.zeros(config.text_config.hidden_size)) if config.uses_anyres else None
-        )
+        self.image_newline = ImageNewline(config.text_config.hidden_size) if config.uses_anyres else None
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
@@ -130,7 +119,7 @@ class ZooLlavaModel(ZooLlavaPreTrainedModel):
         config = self.config
         base, tiles = view_features[0], view_features[1:]
         if tiles.shape[0] == 0:
-            return torch.cat([base, self.image_newline[None].to(base)], dim=0)
+            return torch.cat([base, self.image_newline(1, base)[0]], dim=0)
         tile_size = config.vision_config.image_size
         side = tile_size // config.vision_config.patch_size
         rows, columns = anyres_grid_shape(image_size, config.image_grid_pinpoints, tile_size)
@@ -145,7 +134,7 @@ class ZooLlavaModel(ZooLlavaPreTrainedModel):
         top, height, left, width = unpadded_region(image_size, (rows * side, columns * side))
         grid = grid[top : top + height, left : left + width]
         # append the newline vector as an extra column: (height, width + 1, hidden) -> (height * (width + 1), hidden)
-        newline = self.image_newline.to(grid).expand(height, 1, hidden)
+        newline = self.image_newline(height, grid)  # (height, 1, hidden)
         grid = torch.cat([grid, newline], dim=1).flatten(0, 1)
         return torch.cat([base, grid], dim=0)
 

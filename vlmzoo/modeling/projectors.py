@@ -7,7 +7,11 @@ Later families register ``ln_mlp``, ``pixel_shuffle``, ``c_abstractor``, ``ldp``
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
+from transformers import initialization as init
 
 from ..registry import Registry
 
@@ -28,6 +32,25 @@ def build_mlp2x_gelu_projector(in_features: int, out_features: int, bias: bool =
         nn.GELU(),
         nn.Linear(out_features, out_features, bias=bias),
     )
+
+
+class ImageNewline(nn.Module):
+    """LLaVA-NeXT's learned vector written after every row of AnyRes tile features.
+
+    A module (key ``image_newline.weight``) rather than a bare parameter, so peft's ``modules_to_save``
+    can train it next to the projector under LoRA.
+    """
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(hidden_size))
+
+    def forward(self, rows: int, like: torch.Tensor) -> torch.Tensor:
+        """The vector repeated for ``rows`` rows, as (rows, 1, hidden) in ``like``'s dtype and device."""
+        return self.weight.to(like).expand(rows, 1, -1)
+
+    def _init_zoo_weights(self) -> None:
+        init.normal_(self.weight, mean=0.0, std=1 / math.sqrt(self.weight.shape[0]))
 
 
 def build_projector(projector_type: str, in_features: int, out_features: int, bias: bool = True) -> nn.Module:

@@ -64,8 +64,8 @@ class ZooAnyResImageProcessor(ZooImageInputMixin, PilBackend):
         height, width = fit_within(image_size, target)
         resized = self.resize(image=image, size=SizeDict(height=height, width=width), resample=resample)
         tiles = split_into_tiles(pad_centered(resized, target), tile)
-        base_side = size.height or size.shortest_edge
-        base = self.resize(image=image, size=SizeDict(height=base_side, width=base_side), resample=resample)
+        base_size = SizeDict(height=size.height or size.shortest_edge, width=size.width or size.shortest_edge)
+        base = self.resize(image=image, size=base_size, resample=resample)
         return [base] + tiles
 
     def _preprocess(
