@@ -69,40 +69,16 @@ class ZooAnyResImageProcessor(ZooImageInputMixin, PilBackend):
         return [base] + tiles
 
     def _preprocess(
-        self,
-        images: list[np.ndarray],
-        do_resize,
-        size,
-        resample,
-        do_center_crop,
-        crop_size,
-        do_rescale,
-        rescale_factor,
-        do_normalize,
-        image_mean,
-        image_std,
-        do_pad=True,
-        return_tensors=None,
-        image_grid_pinpoints=None,
-        **kwargs,
+        self, images: list[np.ndarray], do_pad=True, return_tensors=None, image_grid_pinpoints=None, **kwargs
     ) -> BatchFeature:
+        size, crop_size, resample = kwargs["size"], kwargs["crop_size"], kwargs["resample"]
         tile = self.tile_size(size, crop_size)
         pinpoints = validate_grid_pinpoints(
             self.image_grid_pinpoints if image_grid_pinpoints is None else image_grid_pinpoints, tile
         )
         per_image, image_sizes = [], []
         for image in images:  # each (C, H, W)
-            views = []
-            for view in self.image_views(image, pinpoints, size, tile, resample):
-                if do_resize:
-                    view = self.resize(image=view, size=size, resample=resample)
-                if do_center_crop:
-                    view = self.center_crop(view, crop_size)
-                if do_rescale:
-                    view = self.rescale(view, rescale_factor)
-                if do_normalize:
-                    view = self.normalize(view, image_mean, image_std)
-                views.append(view)
+            views = [self.finish_view(view, **kwargs) for view in self.image_views(image, pinpoints, size, tile, resample)]
             per_image.append(np.stack(views))  # (num_views, C, tile, tile)
             image_sizes.append(list(image.shape[-2:]))
         if do_pad:

@@ -61,7 +61,35 @@ def prepare_image(image):
 
 
 class ZooImageInputMixin:
-    """Runs :func:`prepare_image` on every image before the transformers backend processes it."""
+    """Runs :func:`prepare_image` on every image before the transformers backend processes it, and gives
+    subclasses the standard per-view pipeline (resize, centre crop, rescale, normalise)."""
 
     def process_image(self, image, *args, **kwargs):
         return super().process_image(prepare_image(image), *args, **kwargs)
+
+    def finish_view(
+        self,
+        view: np.ndarray,
+        *,
+        do_resize: bool,
+        size,
+        resample,
+        do_center_crop: bool,
+        crop_size,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean,
+        image_std,
+        **unused,
+    ) -> np.ndarray:
+        """Resize, centre-crop, rescale and normalise one (C, H, W) view, each step when enabled."""
+        if do_resize:
+            view = self.resize(image=view, size=size, resample=resample)
+        if do_center_crop:
+            view = self.center_crop(view, crop_size)
+        if do_rescale:
+            view = self.rescale(view, rescale_factor)
+        if do_normalize:
+            view = self.normalize(view, image_mean, image_std)
+        return view

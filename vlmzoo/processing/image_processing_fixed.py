@@ -44,33 +44,11 @@ class ZooFixedResImageProcessor(ZooImageInputMixin, PilBackend):
     pad_to_square = False
 
     def _preprocess(
-        self,
-        images: list[np.ndarray],
-        do_resize,
-        size,
-        resample,
-        do_center_crop,
-        crop_size,
-        do_rescale,
-        rescale_factor,
-        do_normalize,
-        image_mean,
-        image_std,
-        return_tensors=None,
-        pad_to_square: bool = False,
-        **kwargs,
+        self, images: list[np.ndarray], return_tensors=None, pad_to_square: bool = False, **kwargs
     ) -> BatchFeature:
         processed = []
         for image in images:  # each (C, H, W)
             if pad_to_square:
-                image = pad_image_to_square(image, [int(m * 255) for m in image_mean])
-            if do_resize:
-                image = self.resize(image=image, size=size, resample=resample)
-            if do_center_crop:
-                image = self.center_crop(image, crop_size)
-            if do_rescale:
-                image = self.rescale(image, rescale_factor)
-            if do_normalize:
-                image = self.normalize(image, image_mean, image_std)
-            processed.append(image)
+                image = pad_image_to_square(image, [int(mean * 255) for mean in kwargs["image_mean"]])
+            processed.append(self.finish_view(image, **kwargs))
         return BatchFeature(data={"pixel_values": processed}, tensor_type=return_tensors)
