@@ -14,7 +14,14 @@ import pytest
 import torch
 
 from vlmzoo import demo
-from vlmzoo.synthetic import ANSWER_SETS, QUESTIONS, chance_accuracy, make_examples
+from vlmzoo.synthetic import (
+    ANSWER_SETS,
+    QUESTIONS,
+    SyntheticVQADataset,
+    chance_accuracy,
+    make_example,
+    make_examples,
+)
 
 NUM_CHECKED = 200
 
@@ -65,8 +72,8 @@ def test_position_answer_matches_the_foreground_centroid(examples):
             seen = "left" if dx < 0 else "right"
         else:
             seen = "top" if dy < 0 else "bottom"
-        assert seen == example.scene.position, f"centroid offset ({dx:.1f}, {dy:.1f}) but answer {example.scene.position}"
-        assert max(abs(dx), abs(dy)) > width * 0.12, "the shape is too close to the centre to have a clear position"
+        assert seen == example.scene.position, f"centroid offset ({dx:.1f}, {dy:.1f}), answer {example.scene.position}"
+        assert max(abs(dx), abs(dy)) > width * 0.08, "the shape is too close to the centre to have a clear position"
 
 
 def _classify_shape(mask: np.ndarray) -> str:
@@ -110,6 +117,20 @@ def test_generator_is_deterministic_given_the_seed():
     assert [e.scene for e in first] != [e.scene for e in other]
 
 
+def test_any_example_can_be_drawn_alone_and_the_dataset_draws_the_same():
+    examples = make_examples(7, seed=4)
+    alone = make_example(4, 5)
+    assert alone.scene == examples[5].scene and alone.question == examples[5].question
+    dataset = SyntheticVQADataset(7, seed=4)
+    assert len(dataset) == 7
+    item = dataset[5]["messages"]
+    assert item[0]["content"][1]["text"] == examples[5].question
+    assert item[1]["content"][0]["text"] == examples[5].answer
+    assert np.array_equal(np.asarray(item[0]["content"][0]["image"]), np.asarray(examples[5].image))
+    with pytest.raises(IndexError):
+        dataset[7]
+
+
 def test_chance_level_averages_one_over_the_number_of_answers():
     # 6 colours, 4 shapes, 4 positions, types in equal shares: (1/6 + 1/4 + 1/4) / 3
     assert chance_accuracy(make_examples(30, seed=0)) == pytest.approx((1 / 6 + 1 / 4 + 1 / 4) / 3)
@@ -122,6 +143,10 @@ def test_generator_rejects_bad_arguments():
         make_examples(3, seed=0, image_size=8)
     with pytest.raises(ValueError, match="num_examples"):
         make_examples(-1, seed=0)
+    with pytest.raises(TypeError, match="seed"):
+        make_examples(2, seed="zero")
+    with pytest.raises(ValueError, match="num_examples"):
+        SyntheticVQADataset(0, seed=0)
 
 
 def test_messages_follow_the_chat_format(examples):
@@ -140,8 +165,13 @@ def test_arguments_parse_and_quick_shrinks_the_run():
     assert args.quick and args.seed == 3 and args.output_dir == "somewhere"
     full = demo.parse_args([])
     assert args.num_train < full.num_train and args.stage2_steps < full.stage2_steps
+    assert full.num_train == full.stage2_steps * full.batch_size  # 0 means: as many as stage 2 draws
     with pytest.raises(ValueError, match="num-train"):
-        demo.parse_args(["--num-train", "0"])
+        demo.parse_args(["--num-train", "-5"])
+    with pytest.raises(ValueError, match="batch-size"):
+        demo.parse_args(["--batch-size", "0"])
+    with pytest.raises(ValueError, match="no_such_family"):
+        demo.parse_args(["--family", "no_such_family"])
 
 
 @pytest.mark.parametrize(

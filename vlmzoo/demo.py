@@ -7,7 +7,8 @@ Hugging Face ``Trainer`` and ``vlmzoo.training.VLMDataCollator``. The data are s
 ``vlmzoo.synthetic`` with questions only the image answers (colour, shape, position). The demo prints the
 held-out accuracy before training, after each stage and the chance level, saves the model and processor,
 reloads them with ``AutoModelForImageTextToText`` / ``AutoProcessor`` and answers questions about a
-freshly drawn image.
+freshly drawn image. The model is the family's ``tiny`` preset; ``DEMO_SIZE_OVERRIDES`` may resize it for
+the demo (LLaVA: a 256-wide vision tower) and the reason is printed.
 
 Owns: the demo's arguments (``DemoArguments``, parsed with ``HfArgumentParser``), the evaluation by greedy
 generation (``evaluate_accuracy``), ``run_demo`` (returns the models and numbers, for tests) and ``main``.
@@ -15,8 +16,6 @@ generation (``evaluate_accuracy``), ``run_demo`` (returns the models and numbers
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import tempfile
 import time
@@ -25,9 +24,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
 
-from .synthetic import SyntheticVQADataset, VQAExample, chance_accuracy, draw_scene, make_example, make_examples
+from .registry import Registry
+from .synthetic import (
+    QUESTIONS,
+    SyntheticVQADataset,
+    VQAExample,
+    chance_accuracy,
+    draw_scene,
+    make_example,
+    make_examples,
+)
 from .training import VLMDataCollator
 
 PRESET = "tiny"
@@ -40,29 +55,39 @@ class DemoArguments:
     family: str = field(default="llava", metadata={"help": "model family (vlmzoo.FAMILIES key); preset 'tiny'"})
     output_dir: str = field(default="./demo_output", metadata={"help": "where the trained model + processor go"})
     seed: int = field(default=0, metadata={"help": "seed of the data, the initial weights and the training order"})
-    num_train: int = field(default=6000, metadata={"help": "training examples (image + question + answer)"})
+    num_train: int = field(
+        default=0,
+        metadata={"help": "training examples (image + question + answer); 0: as many as the longer stage draws"},
+    )
     num_eval: int = field(default=300, metadata={"help": "held-out examples for the accuracy"})
     stage1_steps: int = field(default=150, metadata={"help": "optimizer steps of stage 1 (align: projector only)"})
-    stage2_steps: int = field(default=900, metadata={"help": "optimizer steps of stage 2 (instruct: projector + LM)"})
+    stage2_steps: int = field(default=1500, metadata={"help": "optimizer steps of stage 2 (instruct: projector + LM)"})
     batch_size: int = field(default=32, metadata={"help": "training batch size"})
     stage1_learning_rate: float = field(default=2e-3, metadata={"help": "peak learning rate of stage 1"})
     stage2_learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate of stage 2"})
     num_threads: int = field(
         default=1, metadata={"help": "torch CPU threads; 1 is fastest for a model this small (no thread sync)"}
     )
+    dataloader_workers: int = field(
+        default=1, metadata={"help": "processes that collate batches while the model trains (0: collate inline)"}
+    )
     quick: bool = field(default=False, metadata={"help": "tiny smoke run (a few steps; accuracy stays low)"})
 
     def __post_init__(self):
+        minimums = {"num_eval": 1, "batch_size": 1, "num_threads": 1, "dataloader_workers": 0}
+        minimums.update(num_train=0, stage1_steps=0, stage2_steps=0)
+        for name, minimum in minimums.items():
+            if getattr(self, name) < minimum:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}, got {getattr(self, name)}")
+        from .auto import get_family
+
+        get_family(self.family)  # ValueError naming the registered families
         if self.quick:
-            self.num_train, self.num_eval = min(self.num_train, 64), min(self.num_eval, 24)
+            self.num_eval = min(self.num_eval, 24)
             self.stage1_steps, self.stage2_steps = min(self.stage1_steps, 4), min(self.stage2_steps, 12)
             self.batch_size = min(self.batch_size, 8)
-        for name in ("num_train", "num_eval", "batch_size", "num_threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("stage1_steps", "stage2_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.num_train == 0:
+            self.num_train = max(self.stage1_steps, self.stage2_steps, 1) * self.batch_size
 
 
 @dataclass
@@ -91,15 +116,38 @@ class DemoResult:
 
 
 # ----- model ----------------------------------------------------------------------------------------
+# family -> (overrides of the tiny preset for the demo, computed from the preset's config; why, printed)
+DEMO_SIZE_OVERRIDES: Registry = Registry("demo size override")
+
+
+@DEMO_SIZE_OVERRIDES.register("llava")
+def _llava_demo_size(config) -> tuple[dict, str]:
+    vision = config.vision_config.to_dict()
+    vision.update(hidden_size=256, intermediate_size=512)
+    why = (
+        "with one demo override: vision tower width 256 (preset: 64).\n"
+        "  The tower stays frozen and random; a wider patch embedding keeps more of each 16x16x3 patch,\n"
+        "  which the shape questions need (still 16 image tokens)."
+    )
+    return {"vision_config": vision}, why
+
+
 def build_demo_model(family: str):
-    """The ``tiny`` preset of ``family`` and its processor, with freshly initialised weights."""
+    """The ``tiny`` preset of ``family`` (with the demo's size overrides, if any), its processor, the reason.
+
+    The model's weights are freshly initialised from the current torch seed.
+    """
     from .auto import get_family
     from .presets import get_config, get_processor
 
     config = get_config(family, PRESET)
+    why = "as is"
+    if family in DEMO_SIZE_OVERRIDES:
+        overrides, why = DEMO_SIZE_OVERRIDES.get(family)(config)
+        config = get_config(family, PRESET, **overrides)
     processor = get_processor(family, PRESET, config)
     model = get_family(family).for_generation_class(config)
-    return model, processor
+    return model, processor, why
 
 
 # ----- evaluation -----------------------------------------------------------------------------------
@@ -159,7 +207,14 @@ def format_accuracy(label: str, accuracy: dict[str, float]) -> str:
 
 # ----- training -------------------------------------------------------------------------------------
 def train_stage(
-    model, processor, dataset: SyntheticVQADataset, stage: str, steps: int, learning_rate: float, args: DemoArguments, work_dir: str
+    model,
+    processor,
+    dataset: SyntheticVQADataset,
+    stage: str,
+    steps: int,
+    learning_rate: float,
+    args: DemoArguments,
+    work_dir: str,
 ) -> StageReport:
     """Freeze/unfreeze for ``stage`` and run the HF ``Trainer`` for ``steps`` optimizer steps."""
     trainable = model.set_training_stage(stage)
@@ -182,13 +237,11 @@ def train_stage(
         use_cpu=True,
         remove_unused_columns=False,
         disable_tqdm=False,
-        dataloader_num_workers=0,
+        dataloader_num_workers=args.dataloader_workers,
         seed=args.seed,
         data_seed=args.seed,
     )
-    trainer = Trainer(
-        model=model, args=training_args, train_dataset=dataset, data_collator=VLMDataCollator(processor)
-    )
+    trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=VLMDataCollator(processor))
     started = time.perf_counter()
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -206,38 +259,21 @@ def _unique_parameters(parts) -> list[torch.nn.Parameter]:
     return list(found.values())
 
 
-@contextlib.contextmanager
-def _quiet_processor_kwargs_warning():
-    """Hide transformers' per-batch "Kwargs passed to `processor.__call__` ..." warning while training.
-
-    ``VLMDataCollator`` passes ``padding``/``padding_side`` as loose kwargs to ``apply_chat_template``; the
-    warning would print once per batch. Remove this filter once the collator passes ``processor_kwargs``.
-    """
-
-    class _Filter(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "have to be in `processor_kwargs`" not in record.getMessage()
-
-    log = logging.getLogger("transformers.processing_utils")
-    quiet = _Filter()
-    log.addFilter(quiet)
-    try:
-        yield
-    finally:
-        log.removeFilter(quiet)
-
-
 # ----- the demo -------------------------------------------------------------------------------------
 def run_demo(args: DemoArguments) -> DemoResult:
     """Build, evaluate, train (align, instruct), evaluate, save, reload and ask; print as it goes."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    import vlmzoo  # noqa: F401  (registers the vlmzoo families with the Auto classes)
-
-    started = time.perf_counter()
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(args.num_threads)
+    try:
+        return _run_demo(args)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_demo(args: DemoArguments) -> DemoResult:
+    started = time.perf_counter()
     set_seed(args.seed)
-    model, processor = build_demo_model(args.family)
+    model, processor, size_note = build_demo_model(args.family)
     image_size = model.config.vision_config.image_size
     eval_examples = make_examples(args.num_eval, seed=args.seed + 1, image_size=image_size)
     chance = chance_accuracy(eval_examples)
@@ -245,7 +281,10 @@ def run_demo(args: DemoArguments) -> DemoResult:
     parameters = sum(p.numel() for p in model.parameters())
     print(f"vlmzoo demo: a tiny {type(model).__name__} ({parameters:,d} parameters, random init) learns to answer")
     print(f"questions about synthetic images: {args.num_train} training / {args.num_eval} held-out examples.")
+    print(f"model: preset '{PRESET}' of family '{args.family}' {size_note}")
     print(f"e.g. Q: {eval_examples[0].question}  A: {eval_examples[0].answer}")
+    print("training follows LLaVA's recipe: stage 1 aligns (projector only), stage 2 instruction-tunes")
+    print("(projector + language model); the vision tower stays frozen in both.")
     print(f"chance level (uniform guess per question type): {chance:.1%}\n")
 
     accuracies = {"before training": evaluate_accuracy(model, processor, eval_examples)}
@@ -254,16 +293,26 @@ def run_demo(args: DemoArguments) -> DemoResult:
     stages = []
     dataset = SyntheticVQADataset(args.num_train, seed=args.seed, image_size=image_size)
     plan = [
-        ("align", args.stage1_steps, args.stage1_learning_rate, "after stage 1", "projector only"),
-        ("instruct", args.stage2_steps, args.stage2_learning_rate, "after stage 2", "projector + language model"),
+        ("align", args.stage1_steps, args.stage1_learning_rate, "after stage 1", "projector only", ""),
+        (
+            "instruct",
+            args.stage2_steps,
+            args.stage2_learning_rate,
+            "after stage 2",
+            "projector + language model",
+            "\n    (LLaVA tunes a pretrained LLM at 2e-5; this tiny LM starts from random weights)",
+        ),
     ]
-    with tempfile.TemporaryDirectory() as work_dir, _quiet_processor_kwargs_warning():
-        for number, (stage, steps, learning_rate, label, what) in enumerate(plan, start=1):
-            print(f"\nstage {number} '{stage}' ({what}): {steps} steps, batch {args.batch_size}, lr {learning_rate:g}")
+    with tempfile.TemporaryDirectory() as work_dir:
+        for number, (stage, steps, learning_rate, label, what, note) in enumerate(plan, start=1):
+            schedule = f"{steps} steps, batch {args.batch_size}, lr {learning_rate:g}"
+            print(f"\nstage {number} '{stage}' ({what}): {schedule}{note}")
             report = train_stage(model, processor, dataset, stage, steps, learning_rate, args, work_dir)
             stages.append(report)
             if report.losses:
                 print(f"    loss {report.losses[0]:.3f} -> {report.losses[-1]:.3f} in {report.seconds:.0f} s")
+            if stage == "align":
+                print("    (the loss barely moves: the projector aligns to a random LM here, LLaVA's is pretrained)")
             accuracies[label] = evaluate_accuracy(model, processor, eval_examples)
             print(format_accuracy(label, accuracies[label]))
 
@@ -276,27 +325,25 @@ def run_demo(args: DemoArguments) -> DemoResult:
     processor.save_pretrained(args.output_dir)
     reloaded_model = AutoModelForImageTextToText.from_pretrained(args.output_dir)
     reloaded_processor = AutoProcessor.from_pretrained(args.output_dir)
-    print(f"\nsaved to {args.output_dir}; reloaded as {type(reloaded_model).__name__} + {type(reloaded_processor).__name__}")
+    reloaded = f"{type(reloaded_model).__name__} + {type(reloaded_processor).__name__}"
+    print(f"\nsaved to {args.output_dir}; reloaded with the Auto classes as {reloaded}")
 
     # a scene from a split neither training (seed) nor evaluation (seed + 1) uses
     fresh_scene = make_example(args.seed + 2, 0, image_size).scene
     fresh_image = draw_scene(fresh_scene)
-    fresh_image.save(os.path.join(args.output_dir, "fresh_example.png"))
+    fresh_path = os.path.join(args.output_dir, "fresh_example.png")
+    fresh_image.save(fresh_path)
     fresh_examples = [
-        VQAExample(fresh_scene, fresh_image, kind, question, fresh_scene.answer(kind))
-        for kind, question in (
-            ("color", "What color is the shape?"),
-            ("shape", "What shape is it?"),
-            ("position", "Where is the shape?"),
-        )
+        VQAExample(fresh_scene, fresh_image, kind, phrasings[0], fresh_scene.answer(kind))
+        for kind, phrasings in QUESTIONS.items()
     ]
     replies = generate_answers(reloaded_model, reloaded_processor, fresh_examples)
-    print(f"a freshly drawn image ({os.path.join(args.output_dir, 'fresh_example.png')}):")
+    print(f"the reloaded model answers about a freshly drawn image ({fresh_path}):")
     fresh_answers = []
     for example, reply in zip(fresh_examples, replies):
         fresh_answers.append((example.question, example.answer, reply.strip()))
         mark = "ok" if first_word(reply) == example.answer else "wrong"
-        print(f"  Q: {example.question:<26} true answer: {example.answer:<8} model: {reply.strip():<10} [{mark}]")
+        print(f"  Q: {example.question:<26} true answer: {example.answer:<9} model: {reply.strip():<9} [{mark}]")
 
     seconds = time.perf_counter() - started
     print(f"\ndone in {seconds:.0f} s")
@@ -306,6 +353,7 @@ def run_demo(args: DemoArguments) -> DemoResult:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> DemoArguments:
+    """``DemoArguments`` from command-line flags (``None`` or ``[]``: all defaults)."""
     (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=list(argv or []))
     return args
 

@@ -8,7 +8,7 @@ LLaVA's visual instruction tuning (Liu et al., 2023): a user turn with the image
 assistant turn with the answer, ready for ``vlmzoo.training.VLMDataCollator``.
 
 Every example is drawn from its own ``random.Random`` seeded by (seed, index), so a seed fixes the whole set
-and any example can be drawn alone (``SyntheticVQADataset`` draws them on access).
+and any example can be drawn alone (``SyntheticVQADataset`` draws them on access, holding nothing).
 """
 
 from __future__ import annotations
@@ -36,14 +36,15 @@ POSITIONS: tuple[str, ...] = ("left", "right", "top", "bottom")
 
 # position -> nominal shape centre as fractions (x, y) of the image side
 _POSITION_CENTERS: dict[str, tuple[float, float]] = {
-    "left": (0.27, 0.5),
-    "right": (0.73, 0.5),
-    "top": (0.5, 0.27),
-    "bottom": (0.5, 0.73),
+    "left": (0.28, 0.5),
+    "right": (0.72, 0.5),
+    "top": (0.5, 0.28),
+    "bottom": (0.5, 0.72),
 }
-
-# example `index` of the set of `seed` is drawn from random.Random(seed * _INDICES_PER_SEED + index)
-_INDICES_PER_SEED = 2**32
+# shape half-extent, and centre jitter along / across the axis that decides the position (fractions of the
+# side); the shape always stays inside the image and at least 0.19 of the side off-centre on its axis
+RADIUS_RANGE = (0.17, 0.23)
+ALONG_JITTER, ACROSS_JITTER = 0.03, 0.08
 
 # question type -> phrasings (the answer is one word: a colour, a shape or a position)
 QUESTIONS: dict[str, tuple[str, ...]] = {
@@ -124,8 +125,9 @@ class VQAExample:
     answer: str
 
     def messages(self, with_answer: bool = True) -> list[dict]:
-        """The example as chat messages (user: image + question; assistant: answer, unless ``with_answer=False``)."""
-        user = {"role": "user", "content": [{"type": "image", "image": self.image}, {"type": "text", "text": self.question}]}
+        """The example as chat messages: user (image + question), then assistant (answer) unless not ``with_answer``."""
+        image_part, text_part = {"type": "image", "image": self.image}, {"type": "text", "text": self.question}
+        user = {"role": "user", "content": [image_part, text_part]}
         if not with_answer:
             return [user]
         return [user, {"role": "assistant", "content": [{"type": "text", "text": self.answer}]}]
@@ -138,10 +140,9 @@ def sample_scene(rng: random.Random, image_size: int = 64) -> ShapeScene:
     shape = rng.choice(SHAPES)
     color = rng.choice(tuple(COLORS))
     position = rng.choice(POSITIONS)
-    radius = image_size * rng.uniform(0.14, 0.19)
+    radius = image_size * rng.uniform(*RADIUS_RANGE)
     nominal_x, nominal_y = _POSITION_CENTERS[position]
-    # jitter along the axis that does not decide the position is larger than along the one that does
-    along, across = rng.uniform(-0.04, 0.04), rng.uniform(-0.1, 0.1)
+    along, across = rng.uniform(-ALONG_JITTER, ALONG_JITTER), rng.uniform(-ACROSS_JITTER, ACROSS_JITTER)
     if position in ("left", "right"):
         center = ((nominal_x + along) * image_size, (nominal_y + across) * image_size)
     else:
@@ -151,15 +152,23 @@ def sample_scene(rng: random.Random, image_size: int = 64) -> ShapeScene:
     return ShapeScene(shape, color, position, center, radius, background, image_size)
 
 
-def make_example(seed: int, index: int, image_size: int = 64, question_types: Sequence[str] = tuple(QUESTIONS)) -> VQAExample:
-    """Example ``index`` of the set of ``seed``: drawn from its own ``random.Random``, so any example is
-    reproducible alone; question types cycle through ``question_types`` with the index, so they stay balanced."""
+def make_example(
+    seed: int, index: int, image_size: int = 64, question_types: Sequence[str] = tuple(QUESTIONS)
+) -> VQAExample:
+    """Example ``index`` of the set of ``seed``.
+
+    Each example has its own ``random.Random`` (seeded by the string ``"seed/index"``), so any example can be
+    drawn alone; question types cycle through ``question_types`` with the index, so they stay balanced.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     if not isinstance(index, int) or index < 0:
         raise ValueError(f"index must be a non-negative int, got {index!r}")
     unknown = [kind for kind in question_types if kind not in QUESTIONS]
     if unknown or not question_types:
-        raise ValueError(f"question_types must be a non-empty subset of {sorted(QUESTIONS)}, got {list(question_types)}")
-    rng = random.Random(seed * _INDICES_PER_SEED + index)
+        valid = sorted(QUESTIONS)
+        raise ValueError(f"question_types must be a non-empty subset of {valid}, got {list(question_types)}")
+    rng = random.Random(f"{seed}/{index}")
     scene = sample_scene(rng, image_size)
     question_type = question_types[index % len(question_types)]
     question = rng.choice(QUESTIONS[question_type])
@@ -192,11 +201,14 @@ class SyntheticVQADataset(torch.utils.data.Dataset):
     the number of examples the training run will see (no example repeats, no overfitting).
     """
 
-    def __init__(self, num_examples: int, seed: int, image_size: int = 64, question_types: Sequence[str] = tuple(QUESTIONS)):
+    def __init__(
+        self, num_examples: int, seed: int, image_size: int = 64, question_types: Sequence[str] = tuple(QUESTIONS)
+    ):
         if not isinstance(num_examples, int) or num_examples < 1:
             raise ValueError(f"num_examples must be a positive int, got {num_examples!r}")
         make_example(seed, 0, image_size, question_types)  # validates the arguments now, not in the data loader
-        self.num_examples, self.seed, self.image_size, self.question_types = num_examples, seed, image_size, question_types
+        self.num_examples, self.seed = num_examples, seed
+        self.image_size, self.question_types = image_size, tuple(question_types)
 
     def __len__(self) -> int:
         return self.num_examples
