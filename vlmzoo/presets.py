@@ -221,6 +221,7 @@ PROCESSOR_BUILDERS: Registry = Registry("processor builder")
 @PROCESSOR_BUILDERS.register("llava")
 def build_llava_processor(config, tokenizer):
     """A ``ZooLlavaProcessor`` whose image side matches the config's tower (and AnyRes pinpoints, if any)."""
+    from .modeling.vision_towers import tower_extra_tokens
     from .processing import ZooAnyResImageProcessor, ZooFixedResImageProcessor, ZooLlavaProcessor
 
     vision = config.vision_config
@@ -232,12 +233,11 @@ def build_llava_processor(config, tokenizer):
         image_processor = ZooAnyResImageProcessor(image_grid_pinpoints=config.image_grid_pinpoints, **common)
     else:
         image_processor = ZooFixedResImageProcessor(**common)
-    has_cls = vision.model_type.startswith("clip")
     return ZooLlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=vision.patch_size,
         vision_feature_select_strategy=config.vision_feature_select_strategy,
-        num_additional_image_tokens=1 if has_cls else 0,
+        num_additional_image_tokens=tower_extra_tokens(vision),
         chat_template=tokenizer.chat_template,
     )

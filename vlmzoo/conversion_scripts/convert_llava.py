@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import AutoConfig, AutoModel, GenerationConfig, PreTrainedConfig
+from transformers import AutoConfig, GenerationConfig, PreTrainedConfig
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
 from ..configuration.configuration_llava import ZooLlavaConfig
 from ..modeling.modeling_llava import ZooLlavaForConditionalGeneration
-from ..modeling.vision_towers import FEATURE_SELECT_STRATEGIES, num_feature_layers
+from ..modeling.vision_towers import num_feature_layers, tokens_per_view, tower_extra_tokens
 from ..processing import ZooAnyResImageProcessor, ZooFixedResImageProcessor, ZooLlavaProcessor
 from ..registry import Registry
 from .common import (
@@ -164,16 +164,9 @@ _IMAGE_PROCESSOR_FIELDS = (
 
 
 # ----- helpers shared by both sources ---------------------------------------------------------------------
-def tower_extra_tokens(vision_config: PreTrainedConfig) -> int:
-    """Tokens the tower adds besides its patches: 1 for towers with a class embedding (CLIP), else 0 (SigLIP)."""
-    with torch.device("meta"):
-        tower = AutoModel.from_config(vision_config)
-    return int(any(name.endswith("class_embedding") for name, _ in tower.named_parameters()))
-
-
-def tokens_per_view(vision_config: PreTrainedConfig, extra_tokens: int, strategy: str) -> int:
-    side = vision_config.image_size // vision_config.patch_size
-    return side * side + extra_tokens - FEATURE_SELECT_STRATEGIES.get(strategy)
+def view_tokens(vision_config: PreTrainedConfig, extra_tokens: int, strategy: str) -> int:
+    size = vision_config.image_size
+    return tokens_per_view(size, size, vision_config.patch_size, extra_tokens, strategy)
 
 
 def _saved_image_processor_settings(directory: Path) -> dict:
@@ -251,7 +244,7 @@ def convert_hf_config(source: PreTrainedConfig, extra_tokens: int) -> ZooLlavaCo
         vision_feature_layer=source.vision_feature_layer,
         vision_feature_select_strategy=strategy,
         image_grid_pinpoints=source.image_grid_pinpoints if source.model_type == "llava_next" else None,
-        image_seq_length=tokens_per_view(source.vision_config, extra_tokens, strategy),
+        image_seq_length=view_tokens(source.vision_config, extra_tokens, strategy),
         tie_word_embeddings=source.tie_word_embeddings,
         dtype=source.dtype,
     )
@@ -397,7 +390,7 @@ def convert_original_config(
         vision_feature_layer=layer,
         vision_feature_select_strategy=strategy,
         image_grid_pinpoints=original_grid_pinpoints(source) if aspect.anyres else None,
-        image_seq_length=tokens_per_view(vision_config, extra_tokens, strategy),
+        image_seq_length=view_tokens(vision_config, extra_tokens, strategy),
         tie_word_embeddings=bool(source.get("tie_word_embeddings", False)),
         dtype=source.get("dtype") or source.get("torch_dtype"),
     )

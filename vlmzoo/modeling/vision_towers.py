@@ -25,6 +25,19 @@ def build_vision_tower(vision_config: PreTrainedConfig) -> nn.Module:
     return AutoModel.from_config(vision_config)
 
 
+def tower_extra_tokens(vision_config: PreTrainedConfig) -> int:
+    """Tokens the tower adds besides its patches: 1 for towers with a class embedding (CLIP), else 0 (SigLIP)."""
+    with torch.device("meta"):
+        tower = build_vision_tower(vision_config)
+    return int(any(name.endswith("class_embedding") for name, _ in tower.named_parameters()))
+
+
+def tokens_per_view(height: int, width: int, patch_size: int, extra_tokens: int, select_strategy: str) -> int:
+    """Visual tokens of one (height, width) view after feature selection (LLaVA's count)."""
+    dropped = FEATURE_SELECT_STRATEGIES.get(select_strategy)
+    return (height // patch_size) * (width // patch_size) + extra_tokens - dropped
+
+
 def num_feature_layers(feature_layer: int | Sequence[int]) -> int:
     return 1 if isinstance(feature_layer, int) else len(feature_layer)
 

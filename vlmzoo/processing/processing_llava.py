@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from transformers.processing_utils import ProcessorMixin
 
-from ..modeling.vision_towers import FEATURE_SELECT_STRATEGIES
+from ..modeling.vision_towers import FEATURE_SELECT_STRATEGIES, tokens_per_view
 from .image_transforms import anyres_num_tokens
 
 
@@ -50,8 +50,9 @@ class ZooLlavaProcessor(ProcessorMixin):
 
     def tokens_per_view(self, height: int, width: int) -> int:
         """Visual tokens of one view of (height, width) pixels after feature selection."""
-        dropped = FEATURE_SELECT_STRATEGIES.get(self.vision_feature_select_strategy)
-        return (height // self.patch_size) * (width // self.patch_size) + self.num_additional_image_tokens - dropped
+        return tokens_per_view(
+            height, width, self.patch_size, self.num_additional_image_tokens, self.vision_feature_select_strategy
+        )
 
     def num_image_tokens(self, image_inputs: dict, image_idx: int) -> int:
         """Tokens the model produces for image ``image_idx`` of the image processor's output."""
