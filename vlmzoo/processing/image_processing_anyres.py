@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 from transformers.image_processing_backends import PilBackend
-from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, SizeDict
+from transformers.image_processing_utils import BatchFeature, get_patch_output_size
+from transformers.image_transforms import divide_to_patches
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ChannelDimension, PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs
 
 from .image_processing_common import ZooImageInputMixin
 from .image_transforms import (
     anyres_target_resolution,
-    fit_within,
     pad_centered,
-    split_into_tiles,
     validate_grid_pinpoints,
 )
 
@@ -61,9 +60,10 @@ class ZooAnyResImageProcessor(ZooImageInputMixin, PilBackend):
         """Base view then row-major tiles of one (C, H, W) image, before per-view normalisation."""
         image_size = image.shape[-2:]
         target = anyres_target_resolution(image_size, grid_pinpoints)
-        height, width = fit_within(image_size, target)
+        # the largest (height, width) inside `target` with the image's aspect ratio
+        height, width = get_patch_output_size(image, target, input_data_format=ChannelDimension.FIRST)
         resized = self.resize(image=image, size=SizeDict(height=height, width=width), resample=resample)
-        tiles = split_into_tiles(pad_centered(resized, target), tile)
+        tiles = divide_to_patches(pad_centered(resized, target), patch_size=tile)  # row-major
         base_size = SizeDict(height=size.height or size.shortest_edge, width=size.width or size.shortest_edge)
         base = self.resize(image=image, size=base_size, resample=resample)
         return [base] + tiles

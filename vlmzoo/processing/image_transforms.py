@@ -9,7 +9,6 @@ never disagree. Later families add aspect-ratio tiling, fixed canvases and smart
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -64,16 +63,6 @@ def anyres_num_views(image_size: Sequence[int], grid_pinpoints: Sequence[Sequenc
     return rows * columns + 1
 
 
-def fit_within(image_size: Sequence[int], target: Sequence[int]) -> tuple[int, int]:
-    """(height, width) of the image resized to fit ``target`` with its aspect ratio kept (AnyRes resize)."""
-    height, width = image_size
-    target_height, target_width = target
-    scale_width, scale_height = target_width / width, target_height / height
-    if scale_width < scale_height:
-        return min(math.ceil(height * scale_width), target_height), target_width
-    return target_height, min(math.ceil(width * scale_height), target_width)
-
-
 def pad_centered(image: np.ndarray, target: Sequence[int]) -> np.ndarray:
     """Zero-pad a (C, H, W) image to ``target`` (height, width), centred (extra pixel at the bottom/right)."""
     _, height, width = image.shape
@@ -81,16 +70,6 @@ def pad_centered(image: np.ndarray, target: Sequence[int]) -> np.ndarray:
     pad_left, extra_width = divmod(target[1] - width, 2)
     padding = ((0, 0), (pad_top, pad_top + extra_height), (pad_left, pad_left + extra_width))
     return np.pad(image, padding, mode="constant", constant_values=0)
-
-
-def split_into_tiles(image: np.ndarray, tile_size: int) -> list[np.ndarray]:
-    """Cut a (C, H, W) image whose sides are multiples of ``tile_size`` into row-major tiles."""
-    _, height, width = image.shape
-    return [
-        image[:, top : top + tile_size, left : left + tile_size]
-        for top in range(0, height, tile_size)
-        for left in range(0, width, tile_size)
-    ]
 
 
 def unpadded_region(original_size: Sequence[int], grid_size: Sequence[int]) -> tuple[int, int, int, int]:
