@@ -413,3 +413,11 @@ def test_original_unsupported_config_is_refused(small_original_checkpoint, tmp_p
     with pytest.raises(ValueError, match=re.escape(message)):
         convert_llava.main(["--source", "original", "--input", str(checkpoint), "--encoder",
                             str(small_original_checkpoint / "clip"), "--output", str(tmp_path / "out")])  # fmt: skip
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
+    assert cli_main(["convert", "llava", "--source", "hf", "--input", str(tmp_path / "absent"),
+                     "--output", str(tmp_path / "out")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli_main(["convert", "no-such-family"]) == 2
+    assert "valid keys: llava" in capsys.readouterr().err

@@ -29,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: vlmzoo {{{','.join(COMMANDS.keys())}}} [args]")
         return 0
-    result = COMMANDS.get(argv[0])(argv[1:])
+    try:
+        result = COMMANDS.get(argv[0])(argv[1:])
+    except (ValueError, TypeError) as error:  # bad input: say what is wrong, without a traceback
+        print(f"vlmzoo: error: {error}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 
