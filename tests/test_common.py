@@ -215,3 +215,19 @@ def test_attn_implementation_reaches_every_sub_model(case, tmp_path, implementat
     reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path, attn_implementation=implementation)
     assert reloaded.language_model.config._attn_implementation == implementation
     assert reloaded.vision_tower.config._attn_implementation == implementation
+
+
+def test_bfloat16_load_takes_float32_pixels(case, tmp_path):
+    """A bf16 model fed the processor's float32 pixels casts them itself and stays close to fp32."""
+    model, processor = build(case)
+    batch, _, _ = two_prompt_batch(processor)
+    model.save_pretrained(tmp_path)
+    half = AutoModelForImageTextToText.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters())
+    assert batch["pixel_values"].dtype == torch.float32
+    with torch.no_grad():
+        expected = model(**batch).logits
+        logits = half(**batch).logits
+    assert logits.dtype == torch.bfloat16
+    mask = batch["attention_mask"].bool()
+    assert (logits.float() - expected)[mask].abs().max() < 0.05 * expected[mask].abs().max() + 0.05
