@@ -91,7 +91,7 @@ class ZooLlavaModel(ZooLlavaPreTrainedModel):
                 f"pixel_values must be (num_images, max_views, 3, {tile_size}, {tile_size}) with one row per entry "
                 f"of image_sizes ({len(image_sizes)}), got shape {tuple(pixel_values.shape)}"
             )
-        sizes = [tuple(int(side) for side in size) for size in image_sizes.tolist()]
+        sizes = [tuple(int(side) for side in size) for size in torch.as_tensor(image_sizes).tolist()]
         views_per_image = [anyres_num_views(size, config.image_grid_pinpoints, tile_size) for size in sizes]
         if max(views_per_image) > pixel_values.shape[1]:
             raise ValueError(
