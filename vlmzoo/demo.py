@@ -33,6 +33,7 @@ from transformers import (
     set_seed,
 )
 
+from .modeling.modeling_base import component_parameters
 from .registry import Registry
 from .synthetic import (
     QUESTIONS,
@@ -219,7 +220,7 @@ def train_stage(
     """Freeze/unfreeze for ``stage`` and run the HF ``Trainer`` for ``steps`` optimizer steps."""
     trainable = model.set_training_stage(stage)
     for component, parts in model.stage_component_modules().items():
-        total = sum(p.numel() for p in _unique_parameters(parts))
+        total = sum(p.numel() for p in component_parameters(parts))
         print(f"    {component:<22} {'trainable' if trainable[component] else 'frozen':<9} {total:>9,d} params")
     if steps == 0:
         return StageReport(stage, trainable, [], 0.0)
@@ -246,17 +247,6 @@ def train_stage(
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return StageReport(stage, trainable, losses, time.perf_counter() - started)
-
-
-def _unique_parameters(parts) -> list[torch.nn.Parameter]:
-    """Parameters of a component's modules / loose parameters, each once."""
-    found: dict[int, torch.nn.Parameter] = {}
-    for part in parts:
-        if isinstance(part, torch.nn.Parameter):
-            found[id(part)] = part
-        elif part is not None:
-            found.update((id(parameter), parameter) for parameter in part.parameters())
-    return list(found.values())
 
 
 # ----- the demo -------------------------------------------------------------------------------------

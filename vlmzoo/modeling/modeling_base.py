@@ -79,7 +79,7 @@ class ZooPreTrainedModel(PreTrainedModel):
         trained = set(stages[stage])
         counts: dict[str, int] = {}
         for component, parts in self.stage_component_modules().items():
-            parameters = list(_parameters_of(parts))
+            parameters = list(component_parameters(parts))
             for parameter in parameters:
                 parameter.requires_grad_(component in trained)
             counts[component] = sum(p.numel() for p in parameters if p.requires_grad)
@@ -88,7 +88,8 @@ class ZooPreTrainedModel(PreTrainedModel):
         return counts
 
 
-def _parameters_of(parts: Iterable[nn.Module | nn.Parameter | None]) -> Iterable[nn.Parameter]:
+def component_parameters(parts: Iterable[nn.Module | nn.Parameter | None]) -> Iterable[nn.Parameter]:
+    """Each parameter of a component's modules and loose parameters, once (``None`` parts skipped)."""
     seen: set[int] = set()
     for part in parts:
         if part is None:
