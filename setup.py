@@ -10,14 +10,16 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
-        "transformers>=5.20,<6",
+        # the floor is the oldest release CI tests (vlmzoo/versions.py checks it at import)
+        "transformers>=5.24,<6",
         "accelerate>=1.0",
         "safetensors",
         "huggingface_hub",
-        "datasets",
+        "tokenizers",
         "peft>=0.15",
         "pillow",
         "numpy",
+        "packaging",
         "tqdm",
     ],
     extras_require={"test": ["pytest", "hypothesis"]},

@@ -90,20 +90,6 @@ LLAVA_SIZES: dict[str, dict] = {
 }
 BOS, EOS, PAD = 1, 2, 0
 
-# transformers' in-memory LlavaForConditionalGeneration keys -> vlmzoo's (first match wins; unmatched: same name)
-LLAVA_KEY_MAP: list[tuple[str, str]] = [
-    ("model.multi_modal_projector.linear_1.", "model.multi_modal_projector.0."),
-    ("model.multi_modal_projector.linear_2.", "model.multi_modal_projector.2."),
-]
-
-
-def map_llava_reference_key(key: str) -> str:
-    for old_prefix, new_prefix in LLAVA_KEY_MAP:
-        if key.startswith(old_prefix):
-            return new_prefix + key[len(old_prefix) :]
-    return key
-
-
 @dataclass
 class ModelPair:
     ours: torch.nn.Module
@@ -130,7 +116,7 @@ def build_llava_pair(size: str, attn_implementation: str, device: torch.device, 
                                 projector_type="mlp2x_gelu", **shared)
     ours = ZooLlavaForConditionalGeneration._from_config(our_config, attn_implementation=attn_implementation)
 
-    mapped = {map_llava_reference_key(key): value for key, value in reference.state_dict().items()}
+    mapped = reference.state_dict()  # transformers' in-memory LLaVA keys are vlmzoo's own names
     missing, unexpected = ours.load_state_dict(mapped, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"weight map incomplete: missing in ours {missing}, unused from the reference {unexpected}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -29,8 +30,11 @@ def test_forward_shapes_loss_and_backward(case):
     output = model(**batch, labels=labels)
     vocab = model.config.text_config.vocab_size
     assert output.logits.shape == (*batch["input_ids"].shape, vocab)
-    n_image_tokens = int((batch["input_ids"] == model.config.image_token_id).sum())
-    assert output.image_hidden_states.shape == (n_image_tokens, model.config.text_config.hidden_size)
+    # one entry per image, each (its image tokens, LM width), together filling every placeholder
+    per_image = output.image_outputs.pooler_output
+    assert len(per_image) == batch["input_ids"].shape[0]
+    counts = (batch["input_ids"] == model.config.image_token_id).sum(1).tolist()
+    assert [tuple(f.shape) for f in per_image] == [(n, model.config.text_config.hidden_size) for n in counts]
     # the loss is next-token cross-entropy over the non-ignored labels
     shift_logits, shift_labels = output.logits[:, :-1], labels[:, 1:]
     expected = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, vocab), shift_labels.reshape(-1))
@@ -134,24 +138,79 @@ def test_image_token_count_mismatch_raises(case):
     input_ids = batch["input_ids"].clone()
     first = (input_ids[0] == image_token).nonzero()[0, 0]
     input_ids[0, first] = processor.tokenizer.pad_token_id + 0  # one placeholder too few
-    with pytest.raises(ValueError, match="image tokens"):
+    n_tokens = int((input_ids == image_token).sum())
+    with pytest.raises(ValueError, match=f"the text has {n_tokens} image tokens but the images produce {n_tokens + 1}"):
         model(**{**batch, "input_ids": input_ids})
-    with pytest.raises(ValueError, match="image tokens"):  # text with placeholders but no pixels
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+def test_image_tokens_without_pixels_embed_as_text_with_one_warning(case, caplog):
+    """As native transformers: no pixels -> the placeholders are ordinary tokens, and a warning says why."""
+    model, processor = build(case)
+    batch, _, _ = two_prompt_batch(processor)
+    text_only = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    logging.getLogger().warning_once.cache_clear()  # transformers warns once per process and message
+    with torch.no_grad(), caplog.at_level("WARNING"):
+        logits = model(**text_only).logits
+        model(**text_only)
+        reference = model.model.language_model(
+            inputs_embeds=model.get_input_embeddings()(batch["input_ids"]), attention_mask=batch["attention_mask"]
+        ).last_hidden_state
+    torch.testing.assert_close(logits, model.lm_head(reference), rtol=0, atol=0)
+    assert caplog.text.count("no image pixels were given") == 1
+
+
+def _component_of_each_parameter(model):
+    """parameter name -> the components that own it (by identity)."""
+    owners = {}
+    for component, parts in model.component_parts().items():
+        for part in parts:
+            for parameter in [part] if isinstance(part, torch.nn.Parameter) else part.parameters():
+                owners.setdefault(id(parameter), set()).add(component)
+    return {name: owners.get(id(p), set()) for name, p in model.named_parameters()}
+
+
+def test_every_parameter_belongs_to_exactly_one_component(case):
+    for model in build(case)[0], build(case)[0].model:
+        owners = _component_of_each_parameter(model)
+        assert {name: comps for name, comps in owners.items() if len(comps) != 1} == {}
+        assert set(model.component_parts()) == set(model.config.component_table)
 
 
 def test_stage_freezing(case):
     model, _ = build(case)
     for stage, trained in model.config.training_stages.items():
+        # something outside the stage left trainable by hand must be frozen again
+        model.requires_grad_(True)
         counts = model.set_training_stage(stage)
-        for component, parts in model.stage_component_modules().items():
-            params = [p for part in parts if part is not None
-                      for p in ([part] if isinstance(part, torch.nn.Parameter) else part.parameters())]
-            assert all(p.requires_grad == (component in trained) for p in params), (stage, component)
-            expected = sum(p.numel() for p in {id(p): p for p in params}.values()) if component in trained else 0
-            assert counts[component] == expected
+        for name, parameter in model.named_parameters():
+            (component,) = _component_of_each_parameter(model)[name]
+            assert parameter.requires_grad == (component in trained), (stage, name)
+        for component in model.config.component_table:
+            owned = [p for n, p in model.named_parameters() if component in _component_of_each_parameter(model)[n]]
+            assert counts[component] == (sum(p.numel() for p in owned) if component in trained else 0)
     with pytest.raises(ValueError, match="unknown training stage"):
         model.set_training_stage("pretraining-that-does-not-exist")
+
+
+def test_stage_summary_is_logged_at_the_default_level(case, caplog):
+    from transformers.utils import logging as hf_logging
+
+    model, _ = build(case)
+    with caplog.at_level("DEBUG"):
+        model.set_training_stage("align")
+    shown = [r.getMessage() for r in caplog.records if r.levelno >= hf_logging.get_verbosity()]
+    for component in model.config.component_table:
+        state = "trainable" if component in model.config.training_stages["align"] else "frozen"
+        assert any(line.startswith(f"stage align: {component}") and state in line for line in shown), shown
+
+
+def test_stage_naming_a_component_the_model_lacks_raises(case):
+    model, _ = build(case)
+    table = dict(model.config.component_table)
+    model.config.training_stages = {**model.config.training_stages, "odd": ["qformer"]}
+    with pytest.raises(ValueError, match=r"trains \['qformer'\], which this model does not have"):
+        model.set_training_stage("odd")
+    assert dict(model.config.component_table) == table
 
 
 def test_lora_train_step_merge_gives_identical_logits(case):
@@ -231,3 +290,107 @@ def test_bfloat16_load_takes_float32_pixels(case, tmp_path):
     assert logits.dtype == torch.bfloat16
     mask = batch["attention_mask"].bool()
     assert (logits.float() - expected)[mask].abs().max() < 0.05 * expected[mask].abs().max() + 0.05
+
+
+# ----- transformers 5.24 conventions (DESIGN.md §4) ------------------------------------------------------
+def test_return_dict_false_gives_the_output_as_a_tuple(case):
+    model, processor = build(case)
+    batch, _, _ = two_prompt_batch(processor)
+    with torch.no_grad():
+        as_dict = model(**batch)
+        as_tuple = model(**batch, return_dict=False)
+        base_tuple = model.model(**batch, return_dict=False)
+    assert isinstance(as_tuple, tuple) and isinstance(base_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], as_dict.logits, rtol=0, atol=0)
+    torch.testing.assert_close(model.lm_head(base_tuple[0]), as_dict.logits, rtol=0, atol=0)
+
+
+def test_cache_is_the_keyword_and_past_key_values_still_works_with_a_warning(case):
+    model, processor = build(case)
+    batch, _, _ = two_prompt_batch(processor)
+    with torch.no_grad():
+        prefill = model(**batch, use_cache=True)
+        assert prefill.cache is not None and prefill.cache.get_seq_length() == batch["input_ids"].shape[1]
+        next_ids = prefill.logits[:, -1:].argmax(-1)
+        mask = torch.cat([batch["attention_mask"], torch.ones_like(next_ids)], dim=1)
+        step = model(input_ids=next_ids, attention_mask=mask, cache=copy.deepcopy(prefill.cache))
+        with pytest.warns(FutureWarning, match="past_key_values"):
+            old_name = model(input_ids=next_ids, attention_mask=mask, past_key_values=copy.deepcopy(prefill.cache))
+        full = model(**{**batch, "input_ids": torch.cat([batch["input_ids"], next_ids], 1), "attention_mask": mask})
+    torch.testing.assert_close(step.logits, old_name.logits, rtol=0, atol=0)
+    torch.testing.assert_close(step.logits[:, -1], full.logits[:, -1], rtol=1e-4, atol=1e-5)
+
+
+def test_image_hidden_states_is_the_deprecated_alias_of_image_outputs(case):
+    model, processor = build(case)
+    batch, _, _ = two_prompt_batch(processor)
+    with torch.no_grad():
+        output = model(**batch)
+    assert output.image_hidden_states is output.image_outputs.pooler_output
+
+
+def test_mm_encoder_outputs_replace_the_pixels(case):
+    model, processor = build(case)
+    batch, _, _ = two_prompt_batch(processor)
+    pixels = {key: batch[key] for key in ("pixel_values", "image_sizes") if key in batch}
+    text = {key: value for key, value in batch.items() if key not in pixels}
+    with torch.no_grad():
+        expected = model(**batch).logits
+        encoded = model.get_image_features(**pixels)
+        logits = model(**text, mm_encoder_outputs={"image": encoded}).logits
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not both"):
+        model(**batch, mm_encoder_outputs={"image": encoded})
+
+
+GENERATION_MODES = {
+    "greedy": {},
+    "beam": {"num_beams": 2},
+    "static_cache": {"cache_implementation": "static"},
+    "chunked_prefill": {"prefill_chunk_size": 7},
+}
+
+
+@pytest.mark.parametrize("mode", list(GENERATION_MODES))
+def test_generation_modes_agree_with_plain_greedy_or_run_per_prompt(case, mode):
+    model, processor = build(case)
+    batch, images, texts = two_prompt_batch(processor)
+    kwargs = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, suppress_tokens=[model.config.image_token_id])
+    generated = model.generate(**batch, **GENERATION_MODES[mode], **kwargs)
+    assert generated.shape == (2, batch["input_ids"].shape[1] + 5)
+    if mode == "beam":
+        # beam search keeps the highest-scoring continuation: never less likely than greedy's
+        greedy = model.generate(**batch, **kwargs)
+        scores = [_sequence_log_prob(model, batch, sequences) for sequences in (generated, greedy)]
+        assert (scores[0] >= scores[1] - 1e-4).all()
+    else:
+        torch.testing.assert_close(generated, model.generate(**batch, **kwargs), rtol=0, atol=0)
+
+
+def _sequence_log_prob(model, batch, sequences):
+    prompt_length = batch["input_ids"].shape[1]
+    mask = torch.cat([batch["attention_mask"], torch.ones_like(sequences[:, prompt_length:])], dim=1)
+    inputs = {**batch, "input_ids": sequences, "attention_mask": mask}
+    with torch.no_grad():
+        log_probs = model(**inputs).logits[:, prompt_length - 1 : -1].log_softmax(-1)
+    return log_probs.gather(-1, sequences[:, prompt_length:, None]).squeeze(-1).sum(-1)
+
+
+def test_a_decode_step_compiles_with_fullgraph_on_a_static_cache(case):
+    from transformers import StaticCache
+
+    model, processor = build(case)
+    batch, _, _ = two_prompt_batch(processor)
+    length = batch["input_ids"].shape[1]
+    cache = StaticCache(config=model.config, max_cache_len=length + 4)
+    with torch.no_grad():
+        prefill = model(**batch, cache=cache, use_cache=True)
+        next_ids = prefill.logits[:, -1:].argmax(-1)
+        mask = torch.cat([batch["attention_mask"], torch.ones(2, 4, dtype=torch.long)], dim=1)
+        positions = batch["attention_mask"].sum(1, keepdim=True)
+        eager_cache = copy.deepcopy(cache)
+        eager = model(input_ids=next_ids, attention_mask=mask, position_ids=positions, cache=eager_cache).logits
+        torch._dynamo.reset()
+        step = torch.compile(model.forward, fullgraph=True, backend="eager")
+        compiled = step(input_ids=next_ids, attention_mask=mask, position_ids=positions, cache=cache).logits
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)

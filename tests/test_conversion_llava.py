@@ -232,7 +232,7 @@ def test_missing_tensor_fails_even_with_allow_unused(llava_input, tmp_path, caps
                                  "--allow-unused", ".*")  # fmt: skip
     assert code != 0
     assert summary[1:] == (0, 1)
-    assert "model.multi_modal_projector.2.bias" in out
+    assert "model.multi_modal_projector.linear_2.bias" in out
 
 
 def test_projector_activation_other_than_gelu_is_refused(llava_input, tmp_path):

@@ -56,19 +56,33 @@ def test_processor_token_count_matches_model_features_for_many_sizes():
     text = user_prompt(processor, "What is it?")
     for width, height in [(1, 1), (64, 64), (200, 30), (30, 200), (129, 64), (65, 191), (500, 499)]:
         inputs = processor(images=[make_image(width, height)], text=[text], return_tensors="pt")
-        features = model.get_image_features(inputs["pixel_values"], image_sizes=inputs["image_sizes"])
+        (features,) = model.get_image_features(inputs["pixel_values"], image_sizes=inputs["image_sizes"]).pooler_output
         assert features.shape[0] == int((inputs["input_ids"] == model.config.image_token_id).sum()), (width, height)
 
 
 def test_multi_layer_feature_selection_concatenates_layers():
     model, processor = build(("llava", "tiny"), vision_feature_layer=[-3, -2])
     width = model.config.vision_config.hidden_size
-    assert model.multi_modal_projector[0].in_features == 2 * width
+    assert model.multi_modal_projector.linear_1.in_features == 2 * width
     pixels = processor.image_processor(images=[make_image(50, 40)], return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         hidden = model.vision_tower(pixels, output_hidden_states=True).hidden_states
         expected = model.multi_modal_projector(torch.cat([hidden[-3][:, 1:], hidden[-2][:, 1:]], dim=-1))
-        torch.testing.assert_close(model.get_image_features(pixels), expected.flatten(0, 1))
+        torch.testing.assert_close(torch.stack(model.get_image_features(pixels).pooler_output), expected)
+
+
+
+def test_get_image_features_honours_per_call_overrides():
+    """As transformers' LLaVA: vision_feature_layer / _select_strategy given to the call win over the config."""
+    model, processor = build(("llava", "tiny"))
+    pixels = processor.image_processor(images=[make_image(50, 40)], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        hidden = model.vision_tower(pixels, output_hidden_states=True).hidden_states
+        expected = model.multi_modal_projector(hidden[-1])  # last layer, CLS kept
+        features = model.get_image_features(pixels, vision_feature_layer=-1, vision_feature_select_strategy="full")
+        default = model.get_image_features(pixels)
+    torch.testing.assert_close(torch.stack(features.pooler_output), expected)
+    assert default.pooler_output[0].shape[0] == expected.shape[1] - 1  # the config's "default" drops CLS
 
 
 def test_full_strategy_keeps_the_cls_token():

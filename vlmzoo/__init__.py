@@ -3,10 +3,22 @@
 ``import vlmzoo`` registers every family with the transformers Auto classes (see ``vlmzoo.auto``).
 """
 
-from .auto import FAMILIES, AutoModelForVision2Seq, get_family
-from .configuration import ZooLlavaConfig
-from .modeling.modeling_llava import ZooLlavaForConditionalGeneration, ZooLlavaModel, ZooLlavaPreTrainedModel
-from .processing import ZooAnyResImageProcessor, ZooFixedResImageProcessor, ZooLlavaProcessor
+import transformers as _transformers
+
+from .versions import check_transformers_version as _check_transformers_version
+
+_check_transformers_version(_transformers.__version__)
+
+# the imports below need the version check above to have passed
+from .auto import FAMILIES, AutoModelForVision2Seq, get_family  # noqa: E402
+from .configuration import ZooLlavaConfig, ZooVLMConfig  # noqa: E402
+from .modeling.modeling_base import ZooVLMForConditionalGeneration, ZooVLMModel  # noqa: E402
+from .modeling.modeling_llava import (  # noqa: E402
+    ZooLlavaForConditionalGeneration,
+    ZooLlavaModel,
+    ZooLlavaPreTrainedModel,
+)
+from .processing import ZooAnyResImageProcessor, ZooFixedResImageProcessor, ZooLlavaProcessor  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -14,6 +26,9 @@ __all__ = [
     "FAMILIES",
     "AutoModelForVision2Seq",
     "get_family",
+    "ZooVLMConfig",
+    "ZooVLMModel",
+    "ZooVLMForConditionalGeneration",
     "ZooLlavaConfig",
     "ZooLlavaModel",
     "ZooLlavaPreTrainedModel",

@@ -33,7 +33,6 @@ from transformers import (
     set_seed,
 )
 
-from .modeling.modeling_base import component_parameters
 from .registry import Registry
 from .synthetic import (
     QUESTIONS,
@@ -218,10 +217,7 @@ def train_stage(
     work_dir: str,
 ) -> StageReport:
     """Freeze/unfreeze for ``stage`` and run the HF ``Trainer`` for ``steps`` optimizer steps."""
-    trainable = model.set_training_stage(stage)
-    for component, parts in model.stage_component_modules().items():
-        total = sum(p.numel() for p in component_parameters(parts))
-        print(f"    {component:<22} {'trainable' if trainable[component] else 'frozen':<9} {total:>9,d} params")
+    trainable = model.set_training_stage(stage)  # logs one line per component
     if steps == 0:
         return StageReport(stage, trainable, [], 0.0)
     training_args = TrainingArguments(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, PreTrainedConfig
+from transformers import AutoConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .configuration_base import ZooVLMConfig
@@ -51,29 +51,28 @@ class ZooLlavaConfig(ZooVLMConfig):
         ),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
     }
-    stage_components: ClassVar[tuple[str, ...]] = ("vision_tower", "multi_modal_projector", "language_model")
+    component_table: ClassVar[dict[str, tuple[str, ...]]] = {
+        "vision_tower": ("vision_tower",),
+        "multi_modal_projector": ("multi_modal_projector", "image_newline"),
+        "language_model": ("language_model",),
+    }
     # LLaVA recipe: stage 1 projector only (lr 1e-3); stage 2 projector + LLM (lr 2e-5)
     default_training_stages: ClassVar[dict[str, list[str]]] = {
         "align": ["multi_modal_projector"],
         "instruct": ["multi_modal_projector", "language_model"],
         "full": ["vision_tower", "multi_modal_projector", "language_model"],
     }
+    recipe_learning_rates: ClassVar[dict[str, float]] = {"align": 1e-3, "instruct": 2e-5, "full": 2e-5}
 
-    vision_config: dict | PreTrainedConfig | None = None
-    text_config: dict | PreTrainedConfig | None = None
-    image_token_id: int = 32000
     projector_type: str = "mlp2x_gelu"
     multimodal_projector_bias: bool = True
     vision_feature_layer: int | list[int] = -2
     vision_feature_select_strategy: Literal["default", "full"] = "default"
     image_grid_pinpoints: list | None = None
     image_seq_length: int = 576
-    tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
-            self.tie_word_embeddings = True
         if self.image_grid_pinpoints is not None:
             tile = self.vision_config.image_size
             for pinpoint in self.image_grid_pinpoints:

@@ -9,7 +9,7 @@ Follows the LLaVA papers (Liu et al. 2023, 2024) and their two public checkpoint
   ``lm_head.weight``) and transformers 4's ``vision_tower.vision_model.*`` are accepted too.
 - ``--source original``: the haotian-liu/LLaVA layout: Llama/Mistral fields and ``mm_*`` fields at the top of
   ``config.json``; ``model.embed_tokens``, ``model.layers.*``, ``model.norm``, ``lm_head.weight``,
-  ``model.mm_projector.{0,2}.*`` (``model.mm_projector.*`` for the linear projector), ``model.image_newline``
+  ``model.mm_projector.{0,2}.*`` (``model.mm_projector.*`` for the linear projector) -> ``linear_{1,2}``, ``model.image_newline``
   (AnyRes) and, when the tower was trained, ``model.vision_tower.vision_tower.vision_model.*``. The tower's
   config (and its weights when the checkpoint has none) come from ``--encoder DIR``, a saved transformers
   CLIP vision model, because ``mm_vision_tower`` names a Hub repository. The original code marks images
@@ -76,8 +76,7 @@ HF_KEY_TABLE = KeyTable(
         (r"model\.language_model\.(.+)", r"model.language_model.\1"),  # in-memory layout
         (r"lm_head\.(.+)", r"lm_head.\1"),
         (r"(?:model\.)?vision_tower\.(?:vision_model\.)?(.+)", _TOWER_TARGETS),
-        (r"(?:model\.)?multi_modal_projector\.linear_1\.(.+)", r"model.multi_modal_projector.0.\1"),
-        (r"(?:model\.)?multi_modal_projector\.linear_2\.(.+)", r"model.multi_modal_projector.2.\1"),
+        (r"(?:model\.)?multi_modal_projector\.(linear_[12])\.(.+)", r"model.multi_modal_projector.\1.\2"),
         (r"(?:model\.)?image_newline", r"model.image_newline.weight"),
     ]
 )
@@ -85,8 +84,9 @@ HF_KEY_TABLE = KeyTable(
 ORIGINAL_TOWER_PREFIX = "model.vision_tower.vision_tower."
 ORIGINAL_KEY_TABLE = KeyTable(
     [
-        (r"model\.mm_projector\.(weight|bias)", r"model.multi_modal_projector.0.\1"),  # linear (LLaVA 1.0)
-        (r"model\.mm_projector\.(\d+)\.(.+)", r"model.multi_modal_projector.\1.\2"),  # mlp2x_gelu: 0 and 2
+        (r"model\.mm_projector\.(weight|bias)", r"model.multi_modal_projector.linear_1.\1"),  # linear (LLaVA 1.0)
+        (r"model\.mm_projector\.0\.(.+)", r"model.multi_modal_projector.linear_1.\1"),  # mlp2x_gelu: 0 and 2
+        (r"model\.mm_projector\.2\.(.+)", r"model.multi_modal_projector.linear_2.\1"),
         (r"model\.vision_tower\.vision_tower\.(?:vision_model\.)?(.+)", _TOWER_TARGETS),
         (r"model\.image_newline", r"model.image_newline.weight"),
         (r"model\.(.+)", r"model.language_model.\1"),  # embed_tokens, layers.*, norm

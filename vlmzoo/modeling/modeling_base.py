@@ -1,44 +1,69 @@
-"""The shared VLM skeleton (DESIGN.md §4) every family model builds on.
+"""The shared VLM skeleton (DESIGN.md §4): the generic model pair every family subclasses.
 
-Owns: the base ``PreTrainedModel`` flags (attention backends, gradient checkpointing; ``_no_split_modules``
-are gathered from the sub-models by ``post_init``), weight initialisation of vlmzoo's own parameters and
-buffers (also after a meta-device load), placing visual embeddings at the image tokens with a count check,
-the LM-head + ``loss_function`` tail, and ``set_training_stage`` (DESIGN.md §5).
+Owns: the base ``PreTrainedModel`` flags (attention backends, gradient checkpointing, static cache and
+fullgraph compile; ``_no_split_modules`` are gathered from the sub-models by ``post_init``), weight
+initialisation of vlmzoo's own parameters and buffers (also after a meta-device load), the component
+table's reading (``set_training_stage``, component properties), and the generic pair:
+
+- :class:`ZooVLMModel`: embeddings, encoding each modality once (or taking pre-computed
+  ``mm_encoder_outputs``), placing the features at their placeholders with a compile-friendly count
+  check, the position hook and the language-model call. A family supplies ``build_components`` and
+  ``get_image_features`` (and ``get_video_features`` for video); its extra inputs (``image_sizes``, …)
+  are declared once in ``family_input_names`` and reach the feature functions without any forward
+  naming them by hand.
+- :class:`ZooVLMForConditionalGeneration`: ``model`` + ``lm_head``, tied keys, the loss through
+  ``loss_function`` and generation through ``GenerationMixin``.
+
+Conventions follow transformers 5.24 (``cache`` with ``past_key_values`` deprecated until 5.40, the
+multimodal output classes with ``image_outputs``), as native ``LlavaForConditionalGeneration`` does.
 """
 
 from __future__ import annotations
 
-import logging
+import functools
+import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AutoModel, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MultimodalBaseModelOutputWithPast,
+    MultimodalCausalLMOutputWithPast,
+)
 from transformers.modeling_utils import slice_logits_to_keep
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, is_torchdynamo_compiling, logging, torch_compilable_check
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
 
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
+
+
+def _deprecated_image_hidden_states(output) -> list[torch.Tensor] | None:
+    logger.warning_once(
+        "`image_hidden_states` is deprecated (as in transformers' LLaVA); use `out.image_outputs.pooler_output`, "
+        "the per-image list of projected visual embeddings."
+    )
+    return None if output.image_outputs is None else output.image_outputs.pooler_output
 
 
 @dataclass
-class ZooModelOutputWithPast(BaseModelOutputWithPast):
-    """Base-model output plus the projected visual embeddings placed into the sequence."""
+class ZooVLMModelOutputWithPast(MultimodalBaseModelOutputWithPast):
+    """Base-model output: ``last_hidden_state, cache, hidden_states, attentions, image_outputs, video_outputs``."""
 
-    image_hidden_states: torch.Tensor | None = None
+    image_hidden_states = property(_deprecated_image_hidden_states)
 
 
 @dataclass
-class ZooCausalLMOutputWithPast(ModelOutput):
-    """``…ForConditionalGeneration`` output (DESIGN.md §4)."""
+class ZooVLMCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
+    """``…ForConditionalGeneration`` output: ``loss, logits, cache, hidden_states, attentions, image_outputs``."""
 
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-    image_hidden_states: torch.Tensor | None = None
+    image_hidden_states = property(_deprecated_image_hidden_states)
 
 
 class ZooPreTrainedModel(PreTrainedModel):
@@ -47,12 +72,12 @@ class ZooPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False  # the image-token count check reads a tensor value
+    _can_compile_fullgraph = True  # the placeholder count check goes through torch_compilable_check
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -63,29 +88,61 @@ class ZooPreTrainedModel(PreTrainedModel):
         if hasattr(module, "_init_zoo_weights"):
             module._init_zoo_weights()
 
-    # ----- training stages (DESIGN.md §5) -----------------------------------------------------------
-    def stage_component_modules(self) -> dict[str, list[nn.Module | nn.Parameter]]:
-        """Component name -> the modules/parameters it owns; families implement this."""
-        raise NotImplementedError
+    # ----- components and training stages (DESIGN.md §4, §5) --------------------------------------
+    def component_parts(self) -> dict[str, list[nn.Module | nn.Parameter]]:
+        """Component name -> its modules / bare parameters, read from the config's component table.
+
+        The table (``config.component_table``) maps each component to attribute paths of the base model;
+        the LM head of a ``…ForConditionalGeneration`` belongs to ``language_model``.
+        """
+        base = self if isinstance(self, ZooVLMModel) else self.model
+        parts: dict[str, list] = {}
+        for component, paths in self.config.component_table.items():
+            found = [_resolve(base, path) for path in paths]
+            parts[component] = [part for part in found if part is not None]
+        if base is not self and hasattr(self, "lm_head"):
+            parts["language_model"].append(self.lm_head)
+        return parts
 
     def set_training_stage(self, stage: str) -> dict[str, int]:
-        """Train exactly the components that ``config.training_stages[stage]`` lists; freeze the rest.
+        """Train exactly the components that ``config.training_stages[stage]`` lists; freeze everything else.
 
-        Logs one line per component and returns ``{component: trainable parameter count}``.
+        Every parameter is frozen first, so nothing outside the component table can leak into training.
+        Logs one line per component (at the default level) and returns ``{component: trainable count}``.
         """
         stages = self.config.training_stages
         if stage not in stages:
             raise ValueError(f"unknown training stage '{stage}'; this model's stages: {sorted(stages)}")
-        trained = set(stages[stage])
+        parts = self.component_parts()
+        trained = stages[stage]
+        missing = [component for component in trained if not parts.get(component)]
+        if missing:
+            present = [name for name, modules in parts.items() if modules]
+            raise ValueError(
+                f"training stage '{stage}' trains {missing}, which this model does not have; its components: {present}"
+            )
+        self.requires_grad_(False)
         counts: dict[str, int] = {}
-        for component, parts in self.stage_component_modules().items():
-            parameters = list(component_parameters(parts))
-            for parameter in parameters:
-                parameter.requires_grad_(component in trained)
-            counts[component] = sum(p.numel() for p in parameters if p.requires_grad)
+        for component, modules in parts.items():
+            parameters = list(component_parameters(modules))
+            if component in trained:
+                for parameter in parameters:
+                    parameter.requires_grad_(True)
+            total = sum(p.numel() for p in parameters)
+            counts[component] = total if component in trained else 0
             state = "trainable" if component in trained else "frozen"
-            logger.info("stage %s: %-22s %-9s %12d params", stage, component, state, sum(p.numel() for p in parameters))
+            logger.warning("stage %s: %-22s %-9s %12d params", stage, component, state, total)
         return counts
+
+
+def _resolve(root: nn.Module, path: str) -> nn.Module | nn.Parameter | None:
+    """``root.a.b`` for the path ``"a.b"``, or ``None`` when an attribute on the way is absent or ``None``."""
+    target = root
+    for name in path.split("."):
+        target = getattr(target, name, None)
+        if target is None:
+            return None
+    return target
 
 
 def component_parameters(parts: Iterable[nn.Module | nn.Parameter | None]) -> Iterable[nn.Parameter]:
@@ -101,44 +158,243 @@ def component_parameters(parts: Iterable[nn.Module | nn.Parameter | None]) -> It
                 yield parameter
 
 
-def image_token_mask(
-    input_ids: torch.LongTensor | None,
-    inputs_embeds: torch.Tensor,
-    image_token_id: int,
-    embed_tokens: nn.Module,
-) -> torch.Tensor:
-    """(batch, seq) bool mask of the image placeholders, read from ids or, without ids, from embeddings."""
-    if input_ids is not None:
-        return input_ids == image_token_id
-    image_embedding = embed_tokens(torch.tensor(image_token_id, dtype=torch.long, device=inputs_embeds.device))
-    return (inputs_embeds == image_embedding).all(-1)
+def _family_input_names(model_class: type[ZooVLMModel]) -> tuple[str, ...]:
+    """The inputs a family adds to the shared forward: its ``family_input_names`` and extra pixel inputs."""
+    extra_pixels = [name for name in model_class.modality_pixel_inputs.values() if name != "pixel_values"]
+    return (*model_class.family_input_names, *extra_pixels)
 
 
-def place_image_features(
-    inputs_embeds: torch.Tensor, image_mask: torch.Tensor, image_features: torch.Tensor
-) -> torch.Tensor:
-    """Write (num_image_tokens, hidden) visual embeddings at the image tokens of (batch, seq, hidden) embeds.
+def _with_family_inputs(forward, names: Iterable[str]):
+    """``forward`` whose visible signature also lists the family's inputs (keyword-only, default ``None``).
 
-    The processor alone decides how many tokens an image gets; any mismatch is a ``ValueError``.
+    generate() validates its keyword arguments and the Trainer keeps dataset columns by ``forward``'s
+    signature; the family inputs themselves travel through ``**kwargs``.
     """
-    num_tokens = int(image_mask.sum())
-    num_features = image_features.shape[0]
-    if num_tokens != num_features:
-        raise ValueError(
-            f"Image features and image tokens do not match: the text has {num_tokens} image tokens but the images "
-            f"produce {num_features} visual embeddings. Build the inputs with the model's processor, which expands "
-            f"each image placeholder to the right number of tokens."
-        )
-    if image_features.shape[-1] != inputs_embeds.shape[-1]:
-        raise ValueError(
-            f"visual embeddings have width {image_features.shape[-1]}, the language model {inputs_embeds.shape[-1]}"
-        )
-    image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
-    return inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_features)
+
+    @functools.wraps(forward)
+    def family_forward(self, *args, **kwargs):
+        return forward(self, *args, **kwargs)
+
+    signature = inspect.signature(forward)
+    parameters = list(signature.parameters.values())
+    *named, var_keyword = parameters
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+        for name in names
+        if name not in signature.parameters
+    ]
+    family_forward.__signature__ = signature.replace(parameters=[*named, *extra, var_keyword])
+    return family_forward
 
 
-class ZooCausalLMHeadMixin:
-    """``lm_head`` + ``loss_function`` tail shared by every ``…ForConditionalGeneration``."""
+class ZooVLMModel(ZooPreTrainedModel):
+    """Generic base model: components, placeholders, positions and the language model (no LM head).
+
+    A family subclass implements ``build_components(config)`` (set its vision modules as attributes) and
+    ``get_image_features`` (native signature and return type: a ``BaseModelOutputWithPooling`` whose
+    ``pooler_output`` is the list of each image's embeddings). Optional hooks: ``build_language_model``,
+    ``compute_position_ids``; ``modality_pixel_inputs`` adds modalities (``{"video": "pixel_values_videos"}``).
+    """
+
+    # modality -> the input holding its pixels; each modality has `config.<modality>_token_id` and
+    # `get_<modality>_features`
+    modality_pixel_inputs: ClassVar[dict[str, str]] = {"image": "pixel_values"}
+    # the family's extra inputs: they reach the feature functions (by their signatures) and the position hook
+    family_input_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        names = _family_input_names(cls)
+        if names and "forward" not in cls.__dict__:
+            cls.forward = _with_family_inputs(ZooVLMModel.forward, names)
+
+    def __init__(self, config: PreTrainedConfig):
+        super().__init__(config)
+        self.build_components(config)
+        self.language_model = self.build_language_model(config.text_config)
+        self.post_init()
+
+    # ----- hooks a family fills in --------------------------------------------------------------------
+    def build_components(self, config: PreTrainedConfig) -> None:
+        """Create the family's vision-side modules (``vision_tower``, ``multi_modal_projector``, …)."""
+        raise NotImplementedError
+
+    def build_language_model(self, text_config: PreTrainedConfig) -> nn.Module:
+        """The base language model (no head); a family may swap modules in it (e.g. the rotary embedding)."""
+        return AutoModel.from_config(text_config)
+
+    def compute_position_ids(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        cache: Cache | None,
+        **family_inputs,
+    ) -> torch.LongTensor | None:
+        """Positions for the language model, of any leading shape ((B, L), or M-RoPE's (3, B, L)).
+
+        The default leaves them to the language model. A family with its own positions (M-RoPE) keeps what it
+        needs across decode steps on the model (e.g. ``self.rope_deltas``).
+        """
+        return position_ids
+
+    # ----- embeddings ---------------------------------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, token_id: int
+    ) -> torch.Tensor:
+        """(batch, seq) bool mask of one placeholder kind, read from the ids or, without ids, from the embeddings."""
+        if input_ids is not None:
+            return input_ids == token_id
+        token = torch.full((), token_id, dtype=torch.long, device=inputs_embeds.device)
+        return (inputs_embeds == self.get_input_embeddings()(token)).all(-1)
+
+    def _feature_function(self, modality: str):
+        function = getattr(self, f"get_{modality}_features")
+        accepted = _accepted_keywords(type(self), f"get_{modality}_features")
+        return function, accepted
+
+    def _place_features(
+        self,
+        modality: str,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor,
+        encoder_output: BaseModelOutputWithPooling | None,
+        cache: Cache | None,
+    ) -> torch.Tensor:
+        """Write a modality's embeddings at its placeholders, after checking that the counts agree."""
+        token_id = getattr(self.config, f"{modality}_token_id")
+        mask = self.get_placeholder_mask(input_ids, inputs_embeds, token_id)
+        if encoder_output is None:
+            # native behaviour: placeholders without pixels embed as ordinary tokens; say why once
+            if not is_torchdynamo_compiling() and (cache is None or cache.get_seq_length() == 0) and mask.any():
+                logger.warning_once(
+                    f"The inputs hold {modality} placeholder tokens (id {token_id}) but no {modality} pixels were "
+                    f"given: they are embedded as ordinary tokens. Pass the {modality}s the processor made."
+                )
+            return inputs_embeds
+        pooled = encoder_output.pooler_output
+        hidden = inputs_embeds.shape[-1]
+        # per-item list of (tokens_i, hidden), or a (items, tokens, hidden) tensor -> (total tokens, hidden)
+        features = torch.cat([item.reshape(-1, item.shape[-1]) for item in pooled], dim=0)
+        num_tokens = mask.sum()
+        torch_compilable_check(
+            num_tokens * hidden == features.numel(),
+            lambda: (
+                f"{modality.capitalize()} features and {modality} tokens do not match: the text has {int(num_tokens)} "
+                f"{modality} tokens but the {modality}s produce {features.numel() // max(hidden, 1)} embeddings of width "
+                f"{features.shape[-1]} (the language model's width is {hidden}). Build the inputs with the model's "
+                f"processor, which expands each placeholder to the right number of tokens."
+            ),
+        )
+        features = features.to(inputs_embeds.device, inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(mask.unsqueeze(-1), features)
+
+    # ----- forward ------------------------------------------------------------------------------------
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | ZooVLMModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if pixel_values is not None and mm_encoder_outputs:
+            raise ValueError("pass either pixel_values or pre-computed mm_encoder_outputs, not both")
+        family_inputs = {name: kwargs.pop(name) for name in self.family_input_names if name in kwargs}
+        pixel_inputs = {"pixel_values": pixel_values}
+        for name in self.modality_pixel_inputs.values():
+            if name != "pixel_values":
+                pixel_inputs[name] = kwargs.pop(name, None)
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        mm_encoder_outputs = dict(mm_encoder_outputs or {})
+        for modality, pixel_name in self.modality_pixel_inputs.items():
+            pixels = pixel_inputs[pixel_name]
+            if mm_encoder_outputs.get(modality) is None and pixels is not None and pixels.numel() > 0:
+                function, accepted = self._feature_function(modality)
+                arguments = {name: value for name, value in family_inputs.items() if name in accepted}
+                mm_encoder_outputs[modality] = function(pixels, **arguments, return_dict=True)
+            inputs_embeds = self._place_features(
+                modality, input_ids, inputs_embeds, mm_encoder_outputs.get(modality), cache
+            )
+
+        position_ids = self.compute_position_ids(
+            input_ids, inputs_embeds, attention_mask, position_ids, cache, **family_inputs
+        )
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            return_dict=True,
+            **kwargs,
+        )
+        return ZooVLMModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_outputs=mm_encoder_outputs.get("image"),
+            video_outputs=mm_encoder_outputs.get("video"),
+        )
+
+
+@functools.cache
+def _accepted_keywords(model_class: type, method: str) -> frozenset[str]:
+    return frozenset(inspect.signature(getattr(model_class, method)).parameters)
+
+
+class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
+    """Generic ``model`` + ``lm_head`` pair; a family sets ``base_model_class`` to its ``ZooVLMModel``."""
+
+    base_model_class: ClassVar[type[ZooVLMModel]]
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        base = cls.__dict__.get("base_model_class")
+        if base is None:
+            return
+        names = _family_input_names(base)
+        if names and "forward" not in cls.__dict__:
+            cls.forward = _with_family_inputs(ZooVLMForConditionalGeneration.forward, names)
+        # stable component names (DESIGN.md §4) as properties that read the base model
+        for paths in cls.config_class.component_table.values():
+            for path in paths:
+                name = path.split(".")[0]
+                if not hasattr(cls, name):
+                    setattr(cls, name, property(functools.partial(_base_attribute, name=name)))
+
+    def __init__(self, config: PreTrainedConfig):
+        super().__init__(config)
+        self.model = self.base_model_class(config)
+        text_config = config.get_text_config()
+        self.lm_head = nn.Linear(text_config.hidden_size, text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
@@ -146,13 +402,40 @@ class ZooCausalLMHeadMixin:
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.lm_head = new_embeddings
 
-    def _lm_head_output(
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> tuple | BaseModelOutputWithPooling:
+        return self.model.get_image_features(pixel_values, **kwargs)
+
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
         self,
-        outputs: ZooModelOutputWithPast,
-        labels: torch.LongTensor | None,
-        logits_to_keep: int | torch.Tensor,
-        **kwargs,
-    ) -> ZooCausalLMOutputWithPast:
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | ZooVLMCausalLMOutputWithPast:
+        base = self.base_model_class
+        family_inputs = {name: kwargs.pop(name) for name in _family_input_names(base) if name in kwargs}
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            mm_encoder_outputs=mm_encoder_outputs,
+            return_dict=True,
+            **family_inputs,
+            **kwargs,
+        )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
         logits = self.lm_head(hidden_states)
         loss = None
@@ -160,11 +443,16 @@ class ZooCausalLMHeadMixin:
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.get_text_config().vocab_size, **kwargs
             )
-        return ZooCausalLMOutputWithPast(
+        return ZooVLMCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_hidden_states=outputs.image_hidden_states,
+            image_outputs=outputs.image_outputs,
+            video_outputs=outputs.video_outputs,
         )
+
+
+def _base_attribute(self: ZooVLMForConditionalGeneration, name: str):
+    return getattr(self.model, name)

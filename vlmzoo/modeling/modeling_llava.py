@@ -1,31 +1,27 @@
 """The LLaVA family: LLaVA 1.0 (linear projector), 1.5 (mlp2x_gelu) and 1.6 / NeXT (AnyRes).
 
 Liu et al., "Visual Instruction Tuning" (2023), "Improved Baselines with Visual Instruction Tuning" (2023)
-and LLaVA-NeXT (2024). A prefix VLM: vision tower -> projector -> language model. With AnyRes, every image
-arrives as a base view plus a grid of tiles; tile features are laid out spatially, un-padded back to the
-image's aspect ratio and followed by a learned ``image_newline`` vector at the end of every row.
+and LLaVA-NeXT (2024). A prefix VLM: vision tower -> projector -> language model, on the generic pair of
+``modeling_base``. This file holds only LLaVA's feature path: with AnyRes, every image arrives as a base
+view plus a grid of tiles; tile features are laid out spatially, un-padded back to the image's aspect
+ratio and followed by a learned ``image_newline`` vector at the end of every row.
 Numerically this matches transformers' ``LlavaForConditionalGeneration`` / ``LlavaNextForConditionalGeneration``.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
-from transformers import AutoModel, GenerationMixin
-from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import select_hidden_states
 
 from ..configuration.configuration_llava import ZooLlavaConfig
 from ..processing.image_transforms import anyres_grid_shape, anyres_num_views, unpadded_region
-from .modeling_base import (
-    ZooCausalLMHeadMixin,
-    ZooCausalLMOutputWithPast,
-    ZooModelOutputWithPast,
-    ZooPreTrainedModel,
-    image_token_mask,
-    place_image_features,
-)
+from .modeling_base import ZooPreTrainedModel, ZooVLMForConditionalGeneration, ZooVLMModel
 from .projectors import ImageNewline, build_projector
-from .vision_towers import build_vision_tower, check_tower_views, num_feature_layers, run_vision_tower
+from .vision_towers import build_vision_tower, check_tower_views, num_feature_layers, select_vision_features
 
 
 class ZooLlavaPreTrainedModel(ZooPreTrainedModel):
@@ -33,11 +29,12 @@ class ZooLlavaPreTrainedModel(ZooPreTrainedModel):
     config_class = ZooLlavaConfig
 
 
-class ZooLlavaModel(ZooLlavaPreTrainedModel):
-    """Vision tower + projector + base language model (no LM head)."""
+class ZooLlavaModel(ZooLlavaPreTrainedModel, ZooVLMModel):
+    """Vision tower + projector (+ AnyRes newline) + base language model (no LM head)."""
 
-    def __init__(self, config: ZooLlavaConfig):
-        super().__init__(config)
+    family_input_names = ("image_sizes", "vision_feature_layer", "vision_feature_select_strategy")
+
+    def build_components(self, config: ZooLlavaConfig) -> None:
         self.vision_tower = build_vision_tower(config.vision_config)
         self.multi_modal_projector = build_projector(
             config.projector_type,
@@ -46,42 +43,49 @@ class ZooLlavaModel(ZooLlavaPreTrainedModel):
             bias=config.multimodal_projector_bias,
         )
         self.image_newline = ImageNewline(config.text_config.hidden_size) if config.uses_anyres else None
-        self.language_model = AutoModel.from_config(config.text_config)
-        self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.language_model.set_input_embeddings(value)
-
-    def stage_component_modules(self) -> dict[str, list]:
-        return {
-            "vision_tower": [self.vision_tower],
-            "multi_modal_projector": [self.multi_modal_projector, self.image_newline],
-            "language_model": [self.language_model],
-        }
-
-    # ----- images -------------------------------------------------------------------------------------
+    @merge_with_config_defaults
+    @can_return_tuple
+    @select_hidden_states("vision_feature_layer")
     def get_image_features(
-        self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None, **kwargs
-    ) -> torch.Tensor:
-        """Projected visual embeddings of all images, concatenated: (total image tokens, text hidden size).
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        image_sizes: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | BaseModelOutputWithPooling:
+        """Run the tower and the projector; ``pooler_output`` is the list of each image's embeddings.
 
         Fixed resolution: ``pixel_values`` is (num_images, 3, H, W). AnyRes: (num_images, max_views, 3, H, W)
         with ``image_sizes`` (num_images, 2) giving each image's original (height, width).
         """
         config = self.config
+        views, views_per_image, sizes = pixel_values, None, None
         if config.uses_anyres:
-            return self._anyres_image_features(pixel_values, image_sizes)
-        check_tower_views(pixel_values, config.vision_config.num_channels, config.vision_config.image_size)
-        features = run_vision_tower(
-            self.vision_tower, pixel_values, config.vision_feature_layer, config.vision_feature_select_strategy
+            views, views_per_image, sizes = self._anyres_views(pixel_values, image_sizes)
+        check_tower_views(views, config.vision_config.num_channels, config.vision_config.image_size)
+        tower_outputs = self.vision_tower(views.to(self.vision_tower.dtype), return_dict=True, **kwargs)
+        selected = select_vision_features(
+            tower_outputs.hidden_states, vision_feature_layer, vision_feature_select_strategy
         )
-        # (num_images, tokens, vision width * layers) -> (num_images * tokens, text width)
-        return self.multi_modal_projector(features).flatten(0, 1)
+        features = self.multi_modal_projector(selected)  # (views, tokens, text width)
+        if config.uses_anyres:
+            per_image = [
+                self._pack_anyres_image(image_views, size)
+                for image_views, size in zip(torch.split(features, views_per_image), sizes)
+            ]
+        else:
+            per_image = list(features)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=tower_outputs.last_hidden_state,
+            pooler_output=per_image,
+            hidden_states=tower_outputs.hidden_states,
+            attentions=tower_outputs.attentions,
+        )
 
-    def _anyres_image_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None) -> torch.Tensor:
+    def _anyres_views(self, pixel_values: torch.Tensor, image_sizes) -> tuple[torch.Tensor, list[int], list]:
+        """The real views of every image, concatenated, with each image's view count and (height, width)."""
         config = self.config
         tile_size = config.vision_config.image_size
         if image_sizes is None:
@@ -100,26 +104,15 @@ class ZooLlavaModel(ZooLlavaPreTrainedModel):
             )
         # (num_images, max_views, 3, H, W) -> (total real views, 3, H, W)
         views = torch.cat([pixels[:count] for pixels, count in zip(pixel_values, views_per_image)], dim=0)
-        check_tower_views(views, config.vision_config.num_channels, tile_size)
-        features = run_vision_tower(
-            self.vision_tower, views, config.vision_feature_layer, config.vision_feature_select_strategy
-        )
-        features = self.multi_modal_projector(features)
-        packed = [
-            self._pack_anyres_image(image_views, size)
-            for image_views, size in zip(torch.split(features, views_per_image), sizes)
-        ]
-        return torch.cat(packed, dim=0)
+        return views, views_per_image, sizes
 
     def _pack_anyres_image(self, view_features: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """Base view tokens, then the un-padded tile grid in raster order with a newline after each row.
 
-        view_features: (1 + rows * cols, tokens per view, hidden).
+        view_features: (1 + rows * cols, tokens per view, hidden); every image has at least one tile.
         """
         config = self.config
         base, tiles = view_features[0], view_features[1:]
-        if tiles.shape[0] == 0:
-            return torch.cat([base, self.image_newline(1, base)[0]], dim=0)
         tile_size = config.vision_config.image_size
         side = tile_size // config.vision_config.patch_size
         rows, columns = anyres_grid_shape(image_size, config.image_grid_pinpoints, tile_size)
@@ -138,115 +131,11 @@ class ZooLlavaModel(ZooLlavaPreTrainedModel):
         grid = torch.cat([grid, newline], dim=1).flatten(0, 1)
         return torch.cat([base, grid], dim=0)
 
-    # ----- forward ------------------------------------------------------------------------------------
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        use_cache: bool | None = None,
-        image_sizes: torch.Tensor | None = None,
-        **kwargs,
-    ) -> ZooModelOutputWithPast:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        image_features = None
-        if pixel_values is not None and pixel_values.numel() > 0:
-            image_features = self.get_image_features(pixel_values, image_sizes=image_sizes)
-            mask = image_token_mask(input_ids, inputs_embeds, self.config.image_token_id, self.get_input_embeddings())
-            inputs_embeds = place_image_features(inputs_embeds, mask, image_features)
-        elif input_ids is not None and past_key_values is None and bool((input_ids == self.config.image_token_id).any()):
-            raise ValueError(
-                "input_ids contain image tokens but no pixel_values were given; pass the images the processor made"
-            )
-
-        outputs = self.language_model(
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **kwargs,
-        )
-        return ZooModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=image_features,
-        )
-
-
-class ZooLlavaForConditionalGeneration(ZooCausalLMHeadMixin, ZooLlavaPreTrainedModel, GenerationMixin):
+class ZooLlavaForConditionalGeneration(ZooLlavaPreTrainedModel, ZooVLMForConditionalGeneration):
     """LLaVA with its LM head: ``AutoModelForImageTextToText`` loads it."""
 
-    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
-
-    def __init__(self, config: ZooLlavaConfig):
-        super().__init__(config)
-        self.model = ZooLlavaModel(config)
-        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.model.set_input_embeddings(value)
-
-    # stable component names (DESIGN.md §4)
-    @property
-    def vision_tower(self) -> nn.Module:
-        return self.model.vision_tower
-
-    @property
-    def multi_modal_projector(self) -> nn.Module:
-        return self.model.multi_modal_projector
-
-    @property
-    def language_model(self) -> nn.Module:
-        return self.model.language_model
-
-    def stage_component_modules(self) -> dict[str, list]:
-        components = self.model.stage_component_modules()
-        components["language_model"] = components["language_model"] + [self.lm_head]
-        return components
-
-    def get_image_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None, **kwargs):
-        return self.model.get_image_features(pixel_values, image_sizes=image_sizes)
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        image_sizes: torch.Tensor | None = None,
-        **kwargs,
-    ) -> ZooCausalLMOutputWithPast:
-        outputs = self.model(
-            input_ids=input_ids,
-            pixel_values=pixel_values,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            image_sizes=image_sizes,
-            **kwargs,
-        )
-        return self._lm_head_output(outputs, labels, logits_to_keep, **kwargs)
+    base_model_class = ZooLlavaModel
 
 
 __all__ = ["ZooLlavaPreTrainedModel", "ZooLlavaModel", "ZooLlavaForConditionalGeneration"]

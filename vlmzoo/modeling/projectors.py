@@ -1,8 +1,9 @@
 """Projector registry: the modules that map vision features to the language model's width.
 
-LLaVA 1.0 uses one linear layer, LLaVA 1.5 ``mlp2x_gelu`` (Linear -> GELU -> Linear). Every projector is
-an ``nn.Sequential`` so checkpoints keep the original LLaVA numbering (``0.weight``, ``2.weight``).
-Later families register ``ln_mlp``, ``pixel_shuffle``, ``c_abstractor``, ``ldp`` and ``perceiver`` here.
+LLaVA 1.0 uses one linear layer, LLaVA 1.5 ``mlp2x_gelu`` (Linear -> GELU -> Linear). Their layers carry
+transformers' native names (``linear_1``, ``act``, ``linear_2``, as ``LlavaMultiModalProjector``), so
+transformers' checkpoints and tests address them directly; converters rename the original LLaVA's
+``mm_projector.{0,2}``. Later families register ``ln_mlp``, ``pixel_shuffle``, ``c_abstractor``, ``ldp`` and ``perceiver`` here.
 """
 
 from __future__ import annotations
@@ -19,19 +20,29 @@ PROJECTORS: Registry = Registry("projector")
 
 
 @PROJECTORS.register("linear")
-def build_linear_projector(in_features: int, out_features: int, bias: bool = True) -> nn.Sequential:
-    """LLaVA 1.0: a single ``Linear(in_features -> out_features)``."""
-    return nn.Sequential(nn.Linear(in_features, out_features, bias=bias))
+class LinearProjector(nn.Module):
+    """LLaVA 1.0: a single ``Linear(in_features -> out_features)`` named ``linear_1``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_features, out_features, bias=bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear_1(features)
 
 
 @PROJECTORS.register("mlp2x_gelu")
-def build_mlp2x_gelu_projector(in_features: int, out_features: int, bias: bool = True) -> nn.Sequential:
-    """LLaVA 1.5: ``Linear(in -> out) -> GELU -> Linear(out -> out)``."""
-    return nn.Sequential(
-        nn.Linear(in_features, out_features, bias=bias),
-        nn.GELU(),
-        nn.Linear(out_features, out_features, bias=bias),
-    )
+class MlpGeluProjector(nn.Module):
+    """LLaVA 1.5: ``linear_1 (in -> out) -> act (GELU) -> linear_2 (out -> out)``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_features, out_features, bias=bias)
+        self.act = nn.GELU()
+        self.linear_2 = nn.Linear(out_features, out_features, bias=bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(features)))
 
 
 class ImageNewline(nn.Module):

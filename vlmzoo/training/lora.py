@@ -18,7 +18,7 @@ def _component_prefixes(model: nn.Module) -> dict[str, list[str]]:
     """Component -> qualified module names of its modules (parameters without a module are skipped)."""
     names = {id(module): name for name, module in model.named_modules()}
     prefixes: dict[str, list[str]] = {}
-    for component, parts in model.stage_component_modules().items():
+    for component, parts in model.component_parts().items():
         prefixes[component] = [names[id(part)] for part in parts if isinstance(part, nn.Module) and id(part) in names]
     return prefixes
 
