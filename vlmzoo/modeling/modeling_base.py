@@ -405,6 +405,28 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> tuple | BaseModelOutputWithPooling:
         return self.model.get_image_features(pixel_values, **kwargs)
 
+    def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
+        """generate()'s positions: the family's position hook (e.g. M-RoPE's (3, B, L)) when it has one.
+
+        generate() then extends them step by step (every leading stream + 1), and chunked prefill slices them.
+        """
+        text_positions = super()._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
+        if type(self.model).compute_position_ids is ZooVLMModel.compute_position_ids:
+            return text_positions
+        input_ids = model_kwargs.get("input_ids")
+        if input_ids is None or input_ids.shape[1] == 0:
+            input_ids = inputs_tensor
+        family_inputs = {name: model_kwargs[name] for name in self.model.family_input_names if name in model_kwargs}
+        positions = self.model.compute_position_ids(
+            input_ids,
+            model_kwargs.get("inputs_embeds"),
+            model_kwargs.get("attention_mask"),
+            None,
+            model_kwargs.get("cache"),
+            **family_inputs,
+        )
+        return text_positions if positions is None else positions
+
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
