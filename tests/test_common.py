@@ -394,3 +394,20 @@ def test_a_decode_step_compiles_with_fullgraph_on_a_static_cache(case):
         step = torch.compile(model.forward, fullgraph=True, backend="eager")
         compiled = step(input_ids=next_ids, attention_mask=mask, position_ids=positions, cache=cache).logits
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_loss_honours_shift_labels(case):
+    """Sequence-parallel trainers pass pre-shifted targets as ``shift_labels``; the loss must use them."""
+    model, processor = build(case)
+    batch, _, _ = two_prompt_batch(processor)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    shift_labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+    other_shift = shift_labels.roll(1, dims=1)
+    with torch.no_grad():
+        plain = model(**batch, labels=labels).loss
+        shifted = model(**batch, labels=labels, shift_labels=shift_labels).loss
+        labels_changed = model(**batch, labels=labels.flip(1), shift_labels=shift_labels).loss
+        targets_changed = model(**batch, labels=labels, shift_labels=other_shift).loss
+    torch.testing.assert_close(shifted, plain)  # the same targets, given pre-shifted
+    torch.testing.assert_close(labels_changed, shifted, rtol=0, atol=0)
+    assert not torch.isclose(targets_changed, shifted)

@@ -1,3 +1,4 @@
+# Copyright 2026 the vlmzoo authors. Licensed under the Apache License, Version 2.0.
 """Configuration of the LLaVA family: LLaVA 1.0 (linear), 1.5 (mlp2x_gelu) and 1.6 / NeXT (AnyRes).
 
 Follows the LLaVA papers (Liu et al. 2023, 2024) and the field names of transformers' ``LlavaConfig`` /

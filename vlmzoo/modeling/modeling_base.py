@@ -18,8 +18,6 @@ Conventions follow transformers 5.24 (``cache`` with ``past_key_values`` depreca
 multimodal output classes with ``image_outputs``), as native ``LlavaForConditionalGeneration`` does.
 """
 
-from __future__ import annotations
-
 import functools
 import inspect
 from collections.abc import Iterable
@@ -158,7 +156,7 @@ def component_parameters(parts: Iterable[nn.Module | nn.Parameter | None]) -> It
                 yield parameter
 
 
-def _family_input_names(model_class: type[ZooVLMModel]) -> tuple[str, ...]:
+def _family_input_names(model_class: "type[ZooVLMModel]") -> tuple[str, ...]:
     """The inputs a family adds to the shared forward: its ``family_input_names`` and extra pixel inputs."""
     extra_pixels = [name for name in model_class.modality_pixel_inputs.values() if name != "pixel_values"]
     return (*model_class.family_input_names, *extra_pixels)

@@ -8,9 +8,8 @@ ratio and followed by a learned ``image_newline`` vector at the end of every row
 Numerically this matches transformers' ``LlavaForConditionalGeneration`` / ``LlavaNextForConditionalGeneration``.
 """
 
-from __future__ import annotations
-
 import torch
+from transformers import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
@@ -132,7 +131,7 @@ class ZooLlavaModel(ZooLlavaPreTrainedModel, ZooVLMModel):
         return torch.cat([base, grid], dim=0)
 
 
-class ZooLlavaForConditionalGeneration(ZooLlavaPreTrainedModel, ZooVLMForConditionalGeneration):
+class ZooLlavaForConditionalGeneration(ZooLlavaPreTrainedModel, ZooVLMForConditionalGeneration, GenerationMixin):
     """LLaVA with its LM head: ``AutoModelForImageTextToText`` loads it."""
 
     base_model_class = ZooLlavaModel
