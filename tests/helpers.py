@@ -47,3 +47,32 @@ def two_prompt_batch(processor):
     images = [make_image(80, 48, seed=1), make_image(40, 100, seed=2)]
     texts = [user_prompt(processor, "What color is the shape?"), user_prompt(processor, "Where is it?")]
     return processor(images=images, text=texts, return_tensors="pt", padding=True), images, texts
+
+
+def sub_models(model) -> dict[str, torch.nn.Module]:
+    """The transformers models inside a vlmzoo model (towers, language model), by module name, outermost only."""
+    from transformers import PreTrainedModel
+
+    from vlmzoo.modeling.modeling_base import ZooPreTrainedModel
+
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, ZooPreTrainedModel):
+            continue
+        if isinstance(module, PreTrainedModel) and not any(name.startswith(f + ".") for f in found):
+            found[name] = module
+    return found
+
+
+def component_prefixes(model) -> dict[str, list[str]]:
+    """Component -> the qualified names of its modules / bare parameters in ``model``."""
+    names = {id(module): name for name, module in model.named_modules()}
+    names.update({id(parameter): name for name, parameter in model.named_parameters()})
+    return {component: [names[id(part)] for part in parts] for component, parts in model.component_parts().items()}
+
+
+def vlmzoo_owned_prefixes(model) -> list[str]:
+    """Prefixes of the components' parts that are vlmzoo's own blocks (not inside a transformers sub-model)."""
+    models = sub_models(model)
+    inside = lambda name: any(name == m or name.startswith(m + ".") for m in models)  # noqa: E731
+    return [p for prefixes in component_prefixes(model).values() for p in prefixes if not inside(p) and p != "lm_head"]

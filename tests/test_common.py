@@ -20,7 +20,7 @@ from transformers import (
 import vlmzoo
 from vlmzoo.training import lora_config
 
-from helpers import build, make_image, two_prompt_batch, user_prompt
+from helpers import build, component_prefixes, make_image, sub_models, two_prompt_batch, user_prompt, vlmzoo_owned_prefixes
 
 
 def test_forward_shapes_loss_and_backward(case):
@@ -40,10 +40,10 @@ def test_forward_shapes_loss_and_backward(case):
     expected = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, vocab), shift_labels.reshape(-1))
     torch.testing.assert_close(output.loss, expected)
     output.loss.backward()
-    for name in ("vision_tower", "multi_modal_projector", "language_model"):
-        # (the tower's layers after the selected feature layer get no gradient, as in LLaVA)
-        grads = [p.grad for p in getattr(model, name).parameters() if p.grad is not None]
-        assert any(g.abs().sum() > 0 for g in grads), name
+    for component, parts in model.component_parts().items():
+        # every component learns from the loss (a tower's layers after the selected feature layer may not)
+        grads = [p.grad for part in parts for p in part.parameters() if p.grad is not None]
+        assert any(g.abs().sum() > 0 for g in grads), component
 
 
 def test_save_and_auto_load_give_identical_logits(case, tmp_path):
@@ -98,11 +98,13 @@ def test_generate_with_and_without_cache_agree(case):
 def test_generate_encodes_images_once(case):
     model, processor = build(case)
     batch, _, _ = two_prompt_batch(processor)
-    calls = []
-    handle = model.model.vision_tower.register_forward_hook(lambda *args: calls.append(1))
+    calls = {}
+    encoders = {name: m for name, m in sub_models(model).items() if m is not model.language_model}
+    assert encoders
+    for name, encoder in encoders.items():
+        encoder.register_forward_hook(lambda *args, name=name: calls.update({name: calls.get(name, 0) + 1}))
     model.generate(**batch, max_new_tokens=4, do_sample=False, suppress_tokens=[model.config.image_token_id])
-    handle.remove()
-    assert len(calls) == 1
+    assert calls == {name: 1 for name in encoders}
 
 
 def test_batched_equals_unbatched(case):
@@ -152,7 +154,7 @@ def test_image_tokens_without_pixels_embed_as_text_with_one_warning(case, caplog
     with torch.no_grad(), caplog.at_level("WARNING"):
         logits = model(**text_only).logits
         model(**text_only)
-        reference = model.model.language_model(
+        reference = model.language_model(
             inputs_embeds=model.get_input_embeddings()(batch["input_ids"]), attention_mask=batch["attention_mask"]
         ).last_hidden_state
     torch.testing.assert_close(logits, model.lm_head(reference), rtol=0, atol=0)
@@ -220,7 +222,10 @@ def test_lora_train_step_merge_gives_identical_logits(case):
     peft_model = get_peft_model(model, lora_config(model, r=4))
     names = [name for name, p in peft_model.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n or "modules_to_save" in n for n in names)
-    assert not any("vision_tower" in n for n in names)
+    adapted = tuple(f"base_model.model.{p}." for p in component_prefixes(model)["language_model"])
+    saved = tuple(f"base_model.model.{p}." for c in model.config.training_stages["instruct"] if c != "language_model"
+                  for p in component_prefixes(model)[c])
+    assert all(n.startswith(adapted) if "lora_" in n else n.startswith(saved) for n in names), names
     optimizer = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=0.5)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     peft_model.train()
@@ -236,10 +241,12 @@ def test_lora_train_step_merge_gives_identical_logits(case):
 
 def test_no_split_modules_come_from_sub_models(case):
     model, _ = build(case)
-    # what accelerate must keep on one device: the LM's decoder layers and the tower's encoder layers
-    assert type(model.language_model.layers[0]).__name__ in model._no_split_modules
-    tower_layer = next(m for m in model.vision_tower.modules() if type(m).__name__.endswith("EncoderLayer"))
-    assert type(tower_layer).__name__ in model._no_split_modules
+    # what accelerate must keep on one device: every sub-model's own unsplittable layers
+    models = sub_models(model)
+    assert len(models) >= 2
+    for name, sub_model in models.items():
+        assert sub_model._no_split_modules, name
+        assert set(sub_model._no_split_modules) <= set(model._no_split_modules), name
 
 
 def test_from_pretrained_rebuilds_buffers_and_initialises_missing_weights(case, tmp_path):
@@ -250,7 +257,9 @@ def test_from_pretrained_rebuilds_buffers_and_initialises_missing_weights(case, 
     model.save_pretrained(tmp_path)
     weights_file = tmp_path / "model.safetensors"
     state = load_file(weights_file)
-    dropped = [key for key in state if key.startswith("model.multi_modal_projector.") or key.startswith("model.image_newline.")]
+    owned = tuple(vlmzoo_owned_prefixes(model))
+    dropped = [key for key in state if key.startswith(owned)]
+    assert dropped
     save_file({k: v for k, v in state.items() if k not in dropped}, weights_file, metadata={"format": "pt"})
 
     reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
@@ -272,8 +281,8 @@ def test_attn_implementation_reaches_every_sub_model(case, tmp_path, implementat
     model, _ = build(case)
     model.save_pretrained(tmp_path)
     reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path, attn_implementation=implementation)
-    assert reloaded.language_model.config._attn_implementation == implementation
-    assert reloaded.vision_tower.config._attn_implementation == implementation
+    for name, sub_model in sub_models(reloaded).items():
+        assert sub_model.config._attn_implementation == implementation, name
 
 
 def test_bfloat16_load_takes_float32_pixels(case, tmp_path):
