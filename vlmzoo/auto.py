@@ -53,7 +53,11 @@ def register_family(family: Family) -> Family:
     AutoProcessor.register(config, family.processor_class, exist_ok=True)
     AutoImageProcessor.register(config, image_processor_classes={"pil": family.image_processor_classes[0]}, exist_ok=True)
     for image_processor in family.image_processor_classes:
-        # lets AutoImageProcessor find every one of them by the class name saved in processor configs
+        # Lets AutoImageProcessor find each of them by the class name saved in processor configs. There is no
+        # public path for this: AutoImageProcessor.register keys by config class, and a second class in that
+        # backend mapping would resolve to the mapping's "pil" entry. Keyed by class name, each resolves to
+        # itself; tests/test_common.py (test_save_and_auto_load_give_identical_logits) checks this on the pinned
+        # transformers for every preset's image processor.
         IMAGE_PROCESSOR_MAPPING.register(image_processor.__name__, {"pil": image_processor}, exist_ok=True)
     return family
 
