@@ -18,6 +18,7 @@ from transformers import (
 )
 
 import vlmzoo
+from vlmzoo import presets
 from vlmzoo.training import lora_config
 
 from helpers import build, component_prefixes, make_image, sub_models, two_prompt_batch, user_prompt, vlmzoo_owned_prefixes
@@ -420,3 +421,28 @@ def test_loss_honours_shift_labels(case):
     torch.testing.assert_close(shifted, plain)  # the same targets, given pre-shifted
     torch.testing.assert_close(labels_changed, shifted, rtol=0, atol=0)
     assert not torch.isclose(targets_changed, shifted)
+
+
+def test_a_model_loaded_with_every_weight_missing_equals_a_fresh_one(case, monkeypatch):
+    """_init_weights reaches every tensor (the towers' and the LM's included), so nothing stays uninitialised.
+
+    With the init seeded per module, building the model and loading it from an empty state dict must give the
+    same tensors; a module whose init were skipped would keep the meta device's garbage or a generic init.
+    """
+    from transformers import PreTrainedModel, set_seed
+
+    initialize = PreTrainedModel._initialize_weights
+
+    def seeded(*args, **kwargs):
+        set_seed(0)
+        initialize(*args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "_initialize_weights", seeded)
+    family, preset = case
+    config = presets.get_config(family, preset)
+    model_class = vlmzoo.get_family(family).for_generation_class
+    for cls in (model_class, vlmzoo.get_family(family).model_class):
+        fresh = cls(copy.deepcopy(config)).state_dict()
+        loaded = cls.from_pretrained(None, config=copy.deepcopy(config), state_dict={}).state_dict()
+        assert sorted(fresh) == sorted(loaded)
+        assert [key for key in fresh if not torch.equal(fresh[key], loaded[key])] == []

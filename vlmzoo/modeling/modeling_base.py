@@ -77,6 +77,14 @@ class ZooPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = True  # the placeholder count check goes through torch_compilable_check
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        # transformers treats every class outside its own package as custom code and then skips the init of
+        # modules without parameters of their own (e.g. CLIPAttention, which initialises its projections), so a
+        # model loaded with weights missing would differ from one built fresh. vlmzoo initialises through
+        # `transformers.initialization` like native models, so it takes the native path unless loaded remotely.
+        return cls.is_remote_code()
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
