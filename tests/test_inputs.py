@@ -113,8 +113,12 @@ def test_anyres_needs_image_sizes():
 
 
 def test_unknown_registry_keys_name_the_valid_ones():
-    with pytest.raises(ValueError, match="valid keys: linear, mlp2x_gelu"):
-        vlmzoo.ZooLlavaForConditionalGeneration(presets.get_config("llava", "tiny", projector_type="mlp9x_relu"))
+    from vlmzoo.modeling.projectors import PROJECTORS
+
+    valid = ", ".join(PROJECTORS.keys())
+    assert {"linear", "mlp2x_gelu", "ln_mlp", "pixel_shuffle", "c_abstractor", "ldp", "perceiver"} <= set(PROJECTORS)
+    with pytest.raises(ValueError, match=f"unknown projector 'mlp9x_relu'; valid keys: {valid}"):
+        presets.get_config("llava", "tiny", projector_type="mlp9x_relu")
     with pytest.raises(ValueError, match="unknown family 'nope'; valid keys: llava"):
         vlmzoo.get_family("nope")
     with pytest.raises(ValueError, match="valid presets"):

@@ -240,4 +240,6 @@ def build_llava_processor(config, tokenizer):
         vision_feature_select_strategy=config.vision_feature_select_strategy,
         num_additional_image_tokens=tower_extra_tokens(vision),
         chat_template=tokenizer.chat_template,
+        projector_type=config.projector_type,
+        projector_config=config.projector_config,
     )

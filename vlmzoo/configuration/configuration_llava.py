@@ -15,6 +15,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from ..projector_tokens import PROJECTOR_TOKENS, projector_keeps_grid, projector_num_tokens, projector_options
 from .configuration_base import ZooVLMConfig
 
 
@@ -25,7 +26,11 @@ class ZooLlavaConfig(ZooVLMConfig):
         vision_config: any transformers vision model config (CLIP, SigLIP, ...); default CLIP ViT-L/14-336.
         text_config: any decoder-only LM config (Llama, Qwen2, Mistral, ...); default Llama.
         image_token_id: id of the ``<image>`` placeholder in the tokenizer.
-        projector_type: key of the projector registry (``linear`` for LLaVA 1.0, ``mlp2x_gelu`` for 1.5).
+        projector_type: key of the projector registry (``linear`` for LLaVA 1.0, ``mlp2x_gelu`` for 1.5; also
+            ``ln_mlp``, ``pixel_shuffle``, ``c_abstractor``, ``ldp``, ``perceiver``).
+        projector_config: the projector's options, e.g. ``{"ratio": 2}`` for ``pixel_shuffle`` (``None``: defaults;
+            valid names and token counts in ``vlmzoo.projector_tokens``). Projectors that change the token grid
+            need fixed resolution.
         multimodal_projector_bias: whether the projector's linear layers have a bias.
         vision_feature_layer: hidden-state index (or list of indices, concatenated on channels) of the tower.
         vision_feature_select_strategy: ``"default"`` drops the first (CLS) token, ``"full"`` keeps all.
@@ -66,6 +71,7 @@ class ZooLlavaConfig(ZooVLMConfig):
     recipe_learning_rates: ClassVar[dict[str, float]] = {"align": 1e-3, "instruct": 2e-5, "full": 2e-5}
 
     projector_type: str = "mlp2x_gelu"
+    projector_config: dict | None = None
     multimodal_projector_bias: bool = True
     vision_feature_layer: int | list[int] = -2
     vision_feature_select_strategy: Literal["default", "full"] = "default"
@@ -82,6 +88,25 @@ class ZooLlavaConfig(ZooVLMConfig):
                         f"image_grid_pinpoints entries must be [height, width] multiples of the tower's "
                         f"image_size {tile}; got {pinpoint}"
                     )
+        self._check_projector()
+
+    def _check_projector(self) -> None:
+        """Known projector and options; AnyRes only with grid-keeping projectors; the patch grid fits the projector."""
+        projector_options(self.projector_type, self.projector_config)  # ValueError names the valid keys / options
+        if self.uses_anyres and not projector_keeps_grid(self.projector_type):
+            keeping = [key for key in PROJECTOR_TOKENS if projector_keeps_grid(key)]
+            raise ValueError(
+                f"projector '{self.projector_type}' changes the token grid, but AnyRes (image_grid_pinpoints) lays "
+                f"tile features out on the tower's patch grid; use fixed resolution (image_grid_pinpoints=None) or a "
+                f"grid-keeping projector: {keeping}"
+            )
+        image_size = getattr(self.vision_config, "image_size", None)
+        patch_size = getattr(self.vision_config, "patch_size", None)
+        if isinstance(image_size, int) and isinstance(patch_size, int) and patch_size > 0:
+            try:
+                projector_num_tokens(self.projector_type, (image_size // patch_size) ** 2, self.projector_config)
+            except ValueError as error:
+                raise ValueError(f"vision_config image_size {image_size} / patch_size {patch_size}: {error}") from None
 
     @property
     def uses_anyres(self) -> bool:

@@ -40,6 +40,7 @@ class ZooLlavaModel(ZooLlavaPreTrainedModel, ZooVLMModel):
             config.vision_config.hidden_size * num_feature_layers(config.vision_feature_layer),
             config.text_config.hidden_size,
             bias=config.multimodal_projector_bias,
+            **(config.projector_config or {}),
         )
         self.image_newline = ImageNewline(config.text_config.hidden_size) if config.uses_anyres else None
 
