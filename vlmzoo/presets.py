@@ -221,8 +221,8 @@ PROCESSOR_BUILDERS: Registry = Registry("processor builder")
 @PROCESSOR_BUILDERS.register("llava")
 def build_llava_processor(config, tokenizer):
     """A ``ZooLlavaProcessor`` whose image side matches the config's tower (and AnyRes pinpoints, if any)."""
-    from .modeling.vision_towers import tower_extra_tokens
     from .processing import ZooAnyResImageProcessor, ZooFixedResImageProcessor, ZooLlavaProcessor
+    from .processing.image_transforms import tower_extra_tokens
 
     vision = config.vision_config
     common = {

@@ -26,59 +26,18 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedConfig
 
+from ..processing.image_transforms import (  # noqa: F401  (torch-free facts the processors share; re-exported)
+    EXTRA_TOKENS_ATTRIBUTE,
+    TOWER_EXTRA_TOKENS,
+    dropped_tokens,
+    tokens_per_view,
+    tower_extra_tokens,
+)
 from ..registry import Registry
-
-FEATURE_SELECT_STRATEGIES: Registry = Registry("vision_feature_select_strategy")
-FEATURE_SELECT_STRATEGIES.register("default")(1)  # number of leading tokens dropped (the CLS token)
-FEATURE_SELECT_STRATEGIES.register("full")(0)
-
 
 def build_vision_tower(vision_config: PreTrainedConfig) -> nn.Module:
     """Instantiate the transformers vision model described by ``vision_config``."""
     return AutoModel.from_config(vision_config)
-
-
-EXTRA_TOKENS_ATTRIBUTE = "num_additional_image_tokens"
-
-# Tokens a tower puts in front of its patch tokens, by the vision config's ``model_type``; each entry was
-# checked against the embeddings module of the installed transformers (5.24).
-TOWER_EXTRA_TOKENS: Registry = Registry("vision tower model_type")
-TOWER_EXTRA_TOKENS.register("clip_vision_model")(lambda config: 1)  # CLIPVisionEmbeddings.class_embedding
-TOWER_EXTRA_TOKENS.register("siglip_vision_model")(lambda config: 0)  # patches only
-TOWER_EXTRA_TOKENS.register("siglip2_vision_model")(lambda config: 0)  # patches only (NaFlex)
-TOWER_EXTRA_TOKENS.register("vit")(lambda config: 1)  # ViTEmbeddings.cls_token
-TOWER_EXTRA_TOKENS.register("dinov2")(lambda config: 1)  # Dinov2Embeddings.cls_token
-# cls_token, then num_register_tokens register tokens, then the patches
-TOWER_EXTRA_TOKENS.register("dinov2_with_registers")(lambda config: 1 + int(config.num_register_tokens))
-TOWER_EXTRA_TOKENS.register("internvl_vision")(lambda config: 1)  # InternVLVisionEmbeddings.cls_token
-
-
-def tower_extra_tokens(vision_config: PreTrainedConfig) -> int:
-    """Tokens the tower adds besides its patches (CLS, registers), from explicit facts.
-
-    ``vision_config.num_additional_image_tokens``, when set, states the count explicitly and wins;
-    otherwise the count comes from ``TOWER_EXTRA_TOKENS`` keyed by the config's ``model_type``
-    (CLIP 1, SigLIP 0, ...). An unknown ``model_type`` without the explicit attribute raises ``ValueError``.
-    """
-    explicit = getattr(vision_config, EXTRA_TOKENS_ATTRIBUTE, None)
-    if explicit is not None:
-        if isinstance(explicit, bool) or not isinstance(explicit, int) or explicit < 0:
-            raise ValueError(f"{EXTRA_TOKENS_ATTRIBUTE} must be a non-negative integer, got {explicit!r}")
-        return explicit
-    model_type = getattr(vision_config, "model_type", None)
-    if model_type not in TOWER_EXTRA_TOKENS:
-        raise ValueError(
-            f"unknown number of extra (CLS/register) tokens for vision model_type {model_type!r}; known model "
-            f"types: {', '.join(TOWER_EXTRA_TOKENS.keys())}. State it explicitly with "
-            f"`vision_config.{EXTRA_TOKENS_ATTRIBUTE} = N` (the tokens the tower puts before its patches)."
-        )
-    return int(TOWER_EXTRA_TOKENS.get(model_type)(vision_config))
-
-
-def tokens_per_view(height: int, width: int, patch_size: int, extra_tokens: int, select_strategy: str) -> int:
-    """Visual tokens of one (height, width) view after feature selection (LLaVA's count)."""
-    dropped = FEATURE_SELECT_STRATEGIES.get(select_strategy)
-    return (height // patch_size) * (width // patch_size) + extra_tokens - dropped
 
 
 def num_feature_layers(feature_layer: int | Sequence[int]) -> int:
@@ -93,7 +52,7 @@ def select_vision_features(
     hidden_states: per-layer tensors (num_views, tokens, width), embeddings first.
     Returns (num_views, tokens - dropped, width * num_feature_layers).
     """
-    dropped = FEATURE_SELECT_STRATEGIES.get(select_strategy)
+    dropped = dropped_tokens(select_strategy)
     layers = [feature_layer] if isinstance(feature_layer, int) else list(feature_layer)
     selected = [hidden_states[layer][:, dropped:] for layer in layers]
     return selected[0] if len(selected) == 1 else torch.cat(selected, dim=-1)

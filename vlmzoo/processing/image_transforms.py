@@ -1,4 +1,8 @@
-"""Resolution strategies shared by image processors and models: pad-to-square and AnyRes geometry.
+"""Resolution strategies and token counts shared by image processors and models.
+
+Token counts of one view: how many tokens a tower puts before its patches (explicit facts per vision
+``model_type``), how many leading tokens a feature-selection strategy drops, and so how many tokens one view
+yields; processors count with them and models select with them, without processors importing models.
 
 Pad-to-square is LLaVA 1.5's ``image_aspect_ratio="pad"``; AnyRes is LLaVA-NeXT's: pick the grid
 resolution that best fits the image (``select_best_resolution`` from transformers: most effective pixels,
@@ -9,10 +13,70 @@ never disagree. Later families add aspect-ratio tiling, fixed canvases and smart
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+from transformers import PreTrainedConfig
 from transformers.image_processing_utils import select_best_resolution
+
+# ----- token counts of one view ------------------------------------------------------------------------
+# leading tokens each vision_feature_select_strategy drops: LLaVA's "default" drops the CLS token
+DROPPED_TOKENS: dict[str, int] = {"default": 1, "full": 0}
+
+
+def dropped_tokens(select_strategy: str) -> int:
+    """Leading tokens ``select_strategy`` drops (``ValueError`` names the valid strategies)."""
+    if select_strategy not in DROPPED_TOKENS:
+        raise ValueError(
+            f"unknown vision_feature_select_strategy {select_strategy!r}; valid strategies: {', '.join(DROPPED_TOKENS)}"
+        )
+    return DROPPED_TOKENS[select_strategy]
+
+
+EXTRA_TOKENS_ATTRIBUTE = "num_additional_image_tokens"
+
+# Tokens a tower puts in front of its patch tokens, by the vision config's ``model_type``; each entry was
+# checked against the embeddings module of the installed transformers (5.24).
+TOWER_EXTRA_TOKENS: dict[str, Callable[[PreTrainedConfig], int]] = {
+    "clip_vision_model": lambda config: 1,  # CLIPVisionEmbeddings.class_embedding
+    "siglip_vision_model": lambda config: 0,  # patches only
+    "siglip2_vision_model": lambda config: 0,  # patches only (NaFlex)
+    "vit": lambda config: 1,  # ViTEmbeddings.cls_token
+    "dinov2": lambda config: 1,  # Dinov2Embeddings.cls_token
+    # cls_token, then num_register_tokens register tokens, then the patches
+    "dinov2_with_registers": lambda config: 1 + int(config.num_register_tokens),
+    "internvl_vision": lambda config: 1,  # InternVLVisionEmbeddings.cls_token
+}
+
+
+def tower_extra_tokens(vision_config: PreTrainedConfig) -> int:
+    """Tokens the tower adds besides its patches (CLS, registers), from explicit facts.
+
+    ``vision_config.num_additional_image_tokens``, when set, states the count explicitly and wins;
+    otherwise the count comes from ``TOWER_EXTRA_TOKENS`` keyed by the config's ``model_type``
+    (CLIP 1, SigLIP 0, ...). An unknown ``model_type`` without the explicit attribute raises ``ValueError``.
+    """
+    explicit = getattr(vision_config, EXTRA_TOKENS_ATTRIBUTE, None)
+    if explicit is not None:
+        if isinstance(explicit, bool) or not isinstance(explicit, int) or explicit < 0:
+            raise ValueError(f"{EXTRA_TOKENS_ATTRIBUTE} must be a non-negative integer, got {explicit!r}")
+        return explicit
+    model_type = getattr(vision_config, "model_type", None)
+    if model_type not in TOWER_EXTRA_TOKENS:
+        raise ValueError(
+            f"unknown number of extra (CLS/register) tokens for vision model_type {model_type!r}; known model "
+            f"types: {', '.join(sorted(TOWER_EXTRA_TOKENS))}. State it explicitly with "
+            f"`vision_config.{EXTRA_TOKENS_ATTRIBUTE} = N` (the tokens the tower puts before its patches)."
+        )
+    return int(TOWER_EXTRA_TOKENS[model_type](vision_config))
+
+
+def tokens_per_view(height: int, width: int, patch_size: int, extra_tokens: int, select_strategy: str) -> int:
+    """Visual tokens of one (height, width) view after feature selection (LLaVA's count)."""
+    return (height // patch_size) * (width // patch_size) + extra_tokens - dropped_tokens(select_strategy)
+
+
+# ----- resolution strategies ---------------------------------------------------------------------------
 
 
 def pad_to_square(image: np.ndarray, background: Sequence[float]) -> np.ndarray:

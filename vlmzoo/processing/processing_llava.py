@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from transformers.processing_utils import ProcessorMixin
 
-from ..modeling.vision_towers import FEATURE_SELECT_STRATEGIES, tokens_per_view
 from ..projector_tokens import projector_keeps_grid, projector_num_tokens, projector_options
-from .image_transforms import anyres_num_tokens
+from .image_transforms import anyres_num_tokens, dropped_tokens, tokens_per_view
 
 
 class ZooLlavaProcessor(ProcessorMixin):
@@ -43,7 +42,7 @@ class ZooLlavaProcessor(ProcessorMixin):
         projector_config: dict | None = None,
         **kwargs,
     ):
-        FEATURE_SELECT_STRATEGIES.get(vision_feature_select_strategy)  # ValueError on unknown strategies
+        dropped_tokens(vision_feature_select_strategy)  # ValueError on unknown strategies
         projector_options(projector_type, projector_config)  # ValueError on unknown projectors / options
         if getattr(image_processor, "image_grid_pinpoints", None) and not projector_keeps_grid(projector_type):
             raise ValueError(
