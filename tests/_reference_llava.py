@@ -9,6 +9,7 @@ LLaVA repository's layout (haotian-liu/LLaVA) is written from a reference's weig
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -171,8 +172,9 @@ def save_hf_input(reference, processor, directory: Path, legacy_layout: bool = T
     return directory
 
 
-def resave_as_bin_shards(source: Path, target: Path, num_shards: int = 3) -> Path:
-    """Copy a save_pretrained directory, with its weights rewritten as ``pytorch_model-*.bin`` shards + index."""
+def resave_as_bin_shards(source: Path, target: Path, num_shards: int = 3, fmt: str = "bin") -> Path:
+    """Copy a save_pretrained directory, with its weights rewritten as ``pytorch_model-*.bin`` shards + index
+    (``fmt="safetensors"``: ``model-*.safetensors`` shards + ``model.safetensors.index.json``)."""
     from safetensors.torch import load_file
 
     target.mkdir(parents=True)
@@ -186,11 +188,33 @@ def resave_as_bin_shards(source: Path, target: Path, num_shards: int = 3) -> Pat
     weight_map = {}
     for number in range(num_shards):
         shard_names = names[number::num_shards]
-        file_name = f"pytorch_model-{number + 1:05d}-of-{num_shards:05d}.bin"
-        torch.save({name: state[name] for name in shard_names}, target / file_name)
+        shard = {name: state[name] for name in shard_names}
+        if fmt == "bin":
+            file_name = f"pytorch_model-{number + 1:05d}-of-{num_shards:05d}.bin"
+            torch.save(shard, target / file_name)
+        else:
+            file_name = f"model-{number + 1:05d}-of-{num_shards:05d}.safetensors"
+            save_file(shard, target / file_name, metadata={"format": "pt"})
         weight_map.update({name: file_name for name in shard_names})
-    (target / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    index_name = "pytorch_model.bin.index.json" if fmt == "bin" else "model.safetensors.index.json"
+    (target / index_name).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return target
+
+
+def snapshot(directory: Path, directory_mtimes: bool = True) -> dict[str, tuple]:
+    """Every entry under ``directory``: files by (size, mtime, sha256 of the content), directories by mtime.
+
+    Equal snapshots before and after a failed conversion show it changed nothing (no file replaced, touched,
+    added or removed, no staging directory or temporary file left behind)."""
+    entries = {}
+    for path in sorted(directory.rglob("*")):
+        stat = path.stat()
+        name = str(path.relative_to(directory))
+        if path.is_dir():
+            entries[name + "/"] = (stat.st_mtime_ns,) if directory_mtimes else ()
+        else:
+            entries[name] = (stat.st_size, stat.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+    return entries
 
 
 def add_tensors_to_checkpoint(

@@ -6,13 +6,21 @@ linear projector, which transformers does not implement, a reference assembled h
 CLIP tower and Llama). The converted directory is loaded with the Auto classes; inputs from its processor
 must equal transformers' processor's, logits agree to 1e-5 on a left-padded batch, greedy generation is
 identical, and the printed summary accounts for every tensor.
+
+Conversions never lose data (DESIGN.md §6): every user error (corrupt or unreadable input, an output that must
+not or cannot be written, a config that cannot work, a shape mismatch) exits 2 with one line naming the file and
+the cause, and a snapshot of the output's parent (names, sizes, mtimes, content hashes) shows that nothing
+changed; a bug keeps its traceback.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import errno
 import io
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -39,6 +47,7 @@ from _reference_llava import (
     reference_processor,
     resave_as_bin_shards,
     save_hf_input,
+    snapshot,
     tiny_clip_config,
     tiny_siglip_config,
     tiny_text_config,
@@ -58,6 +67,61 @@ def convert(capsys, *argv: str) -> tuple[int, tuple[int, int, int] | None, str]:
     out = capsys.readouterr().out
     match = SUMMARY.search(out)
     return code, tuple(int(n) for n in match.groups()) if match else None, out
+
+
+PROG = "vlmzoo convert llava"
+
+
+def expect_user_error(capsys, parent: Path, argv, *fragments: str, entry: str = "script") -> str:
+    """Run through the script (or ``vlmzoo convert llava``): exit 2, one error line holding ``fragments``, and
+    nothing under ``parent`` (the directory holding --output) changed. Returns the line."""
+    before = snapshot(parent)
+    argv = [str(arg) for arg in argv]
+    code = convert_llava.main(argv) if entry == "script" else cli_main(["convert", "llava", *argv])
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert code == 2, captured
+    assert len(lines) == 1 and lines[0].startswith(f"{PROG}: error: "), captured.err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert snapshot(parent) == before
+    return lines[0]
+
+
+@pytest.fixture
+def deny(monkeypatch):
+    """``deny(path)`` takes away read permission (``write=True``: a directory's write permission) until the test
+    ends. Root ignores permissions, so for root the kernel's EACCES is reproduced where the conversion meets it:
+    opening that file, or creating an entry in that directory."""
+    changed = []
+
+    def take_away(path: Path, write: bool = False) -> None:
+        changed.append((path, path.stat().st_mode))
+        path.chmod(0o555 if write else 0)
+        if os.geteuid() != 0:
+            return
+        if write:
+            real_mkdir = os.mkdir
+
+            def mkdir(target, *args, **kwargs):
+                if Path(target).parent == path:
+                    raise PermissionError(errno.EACCES, "Permission denied", str(target))
+                return real_mkdir(target, *args, **kwargs)
+
+            monkeypatch.setattr(os, "mkdir", mkdir)
+        else:
+            real_open = builtins.open
+
+            def guarded_open(file, *args, **kwargs):
+                if isinstance(file, (str, os.PathLike)) and Path(file) == path:
+                    raise PermissionError(errno.EACCES, "Permission denied", str(file))
+                return real_open(file, *args, **kwargs)
+
+            monkeypatch.setattr(builtins, "open", guarded_open)
+
+    yield take_away
+    for path, mode in changed:
+        path.chmod(mode)
 
 
 def saved_tensor_count(directory: Path) -> int:
@@ -235,23 +299,35 @@ def test_missing_tensor_fails_even_with_allow_unused(llava_input, tmp_path, caps
     assert "model.multi_modal_projector.linear_2.bias" in out
 
 
-def test_projector_activation_other_than_gelu_is_refused(llava_input, tmp_path):
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"projector_hidden_act": "silu"}, "projector_hidden_act 'silu' is not supported"),
+        ({"vision_feature_layer": -5}, "vision_feature_layer -5 is beyond the vision tower's depth: it has 3 layers"),
+    ],
+)
+def test_hf_config_that_cannot_work_is_refused(llava_input, tmp_path, capsys, overrides, message):
     directory, _, _ = llava_input
     changed = Path(shutil.copytree(directory, tmp_path / "input"))
     config = json.loads((changed / "config.json").read_text())
-    config["projector_hidden_act"] = "silu"
-    (changed / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="projector_hidden_act 'silu'"):
-        convert_llava.main(["--source", "hf", "--input", str(changed), "--output", str(tmp_path / "out")])
+    (changed / "config.json").write_text(json.dumps({**config, **overrides}))
+    expect_user_error(capsys, tmp_path, ["--source", "hf", "--input", changed, "--output", tmp_path / "out"],
+                      f"'{changed / 'config.json'}'", message)  # fmt: skip
 
 
-def test_existing_weights_in_output_need_overwrite(llava_input, llava_output, tmp_path, capsys):
+def test_existing_output_files_need_overwrite(llava_input, llava_output, tmp_path, capsys):
     directory, _, _ = llava_input
-    output = Path(shutil.copytree(llava_output[0], tmp_path / "out"))
-    with pytest.raises(ValueError, match="--overwrite"):
-        convert_llava.main(["--source", "hf", "--input", str(directory), "--output", str(output)])
-    code, _, _ = convert(capsys, "--source", "hf", "--input", directory, "--output", output, "--overwrite")
-    assert code == 0
+    output = Path(shutil.copytree(llava_output[0], tmp_path / "outs" / "out"))
+    argv = ["--source", "hf", "--input", directory, "--output", output]
+    expect_user_error(capsys, tmp_path / "outs", argv, f"--output '{output}' already holds ['config.json', "
+                      "'model.safetensors']; pass --overwrite to replace them (nothing was changed)")  # fmt: skip
+    before = snapshot(output)
+    code, _, out = convert(capsys, *argv, "--overwrite")
+    assert code == 0 and "note: --overwrite replaced ['chat_template.jinja', 'config.json'" in out
+    after = snapshot(output)
+    assert after.keys() == before.keys() and after["model.safetensors"][2] == before["model.safetensors"][2]
+    assert after["model.safetensors"][1] != before["model.safetensors"][1]  # replaced by an identical conversion
+    assert sorted(p.name for p in (tmp_path / "outs").iterdir()) == ["out"]
 
 
 # ----- --source original ----------------------------------------------------------------------------------
@@ -326,8 +402,8 @@ def test_original_anyres_checkpoint_with_tower(tmp_path, tokenizer, capsys):
         original_config(reference, mm, len(tokenizer)), tokenizer,
     )  # fmt: skip
     encoder = write_encoder(tmp_path / "clip", reference, with_weights=False)
-    code, summary, out = convert(capsys, "--source", "original", "--input", checkpoint, "--encoder", encoder,
-                                 "--output", tmp_path / "out")  # fmt: skip
+    code, summary, out = convert(capsys, "--source", "original", "--input", checkpoint, "--output", tmp_path / "out",
+                                 "--encoder", f"vision={encoder}")  # the named form of --encoder DIR  # fmt: skip
     assert code == 0
     assert summary == (len(original_state_dict(reference, True)), 0, 0)
     assert "grew" not in out
@@ -389,10 +465,15 @@ def small_original_checkpoint(tmp_path_factory, tokenizer):
     return root
 
 
-def test_original_without_encoder_is_refused(small_original_checkpoint, tmp_path):
-    with pytest.raises(ValueError, match="--encoder"):
-        convert_llava.main(["--source", "original", "--input", str(small_original_checkpoint / "ckpt"),
-                            "--output", str(tmp_path / "out")])  # fmt: skip
+@pytest.mark.parametrize("entry", ["script", "cli"])
+def test_original_encoder_arguments_are_checked(small_original_checkpoint, tmp_path, capsys, entry):
+    base = ["--source", "original", "--input", small_original_checkpoint / "ckpt", "--output", tmp_path / "out"]
+    expect_user_error(capsys, tmp_path, base, "--source original needs --encoder [vision=]DIR", entry=entry)
+    clip = small_original_checkpoint / "clip"
+    expect_user_error(capsys, tmp_path, [*base, "--encoder", f"aux={clip}"], "unknown encoder name 'aux'; --source "
+                      "original takes ['vision']", entry=entry)  # fmt: skip
+    hf = ["--source", "hf", "--input", small_original_checkpoint / "ckpt", "--output", tmp_path / "out"]
+    expect_user_error(capsys, tmp_path, [*hf, "--encoder", clip], "--encoder is not used with --source hf", entry=entry)
 
 
 @pytest.mark.parametrize(
@@ -404,20 +485,195 @@ def test_original_without_encoder_is_refused(small_original_checkpoint, tmp_path
         ({"mm_vision_select_feature": "cls"}, "mm_vision_select_feature 'cls'"),
         ({"mm_hidden_size": 1024}, "mm_hidden_size 1024"),
         ({"model_type": "llava_mpt"}, "model_type 'llava_mpt'"),
+        ({"mm_vision_select_layer": -5}, "mm_vision_select_layer -5 is beyond the vision tower's depth: it has 3 "
+                                         "layers, so hidden states -4 .. 3 exist"),  # fmt: skip
+        ({"mm_vision_select_layer": 4}, "mm_vision_select_layer 4 is beyond the vision tower's depth"),
+        ({"vocab_size": "many"}, "vocab_size must be a positive integer"),
     ],
 )
-def test_original_unsupported_config_is_refused(small_original_checkpoint, tmp_path, overrides, message):
+def test_original_unsupported_config_is_refused(small_original_checkpoint, tmp_path, capsys, overrides, message):
     checkpoint = Path(shutil.copytree(small_original_checkpoint / "ckpt", tmp_path / "ckpt"))
     config = json.loads((checkpoint / "config.json").read_text())
     (checkpoint / "config.json").write_text(json.dumps({**config, **overrides}))
-    with pytest.raises(ValueError, match=re.escape(message)):
-        convert_llava.main(["--source", "original", "--input", str(checkpoint), "--encoder",
-                            str(small_original_checkpoint / "clip"), "--output", str(tmp_path / "out")])  # fmt: skip
+    argv = ["--source", "original", "--input", checkpoint, "--encoder", small_original_checkpoint / "clip",
+            "--output", tmp_path / "out"]  # fmt: skip
+    expect_user_error(capsys, tmp_path, argv, f"'{checkpoint / 'config.json'}'", message)
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
     assert cli_main(["convert", "llava", "--source", "hf", "--input", str(tmp_path / "absent"),
                      "--output", str(tmp_path / "out")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert f"{PROG}: error: input directory '{tmp_path / 'absent'}' does not exist" in capsys.readouterr().err
     assert cli_main(["convert", "no-such-family"]) == 2
-    assert "valid keys: llava" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("vlmzoo: error: unknown family 'no-such-family'; valid keys: ") and "llava" in err
+    assert cli_main(["convert"]) == 2
+    assert "vlmzoo: error: name the family to convert" in capsys.readouterr().err
+    assert cli_main(["no-such-command"]) == 2
+    assert "vlmzoo: error: unknown command 'no-such-command'; valid keys: convert, demo" in capsys.readouterr().err
+    assert cli_main(["convert", "llava", "--source", "hf", "--input", str(tmp_path)]) == 2
+    assert "the following arguments are required: --output" in capsys.readouterr().err
+
+
+
+# ----- conversions never lose data ------------------------------------------------------------------------
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def _corrupt_index_entry(path: Path) -> None:
+    index = json.loads(path.read_text())
+    key, shard = next(iter(index["weight_map"].items()))
+    other = next(name for name in sorted(set(index["weight_map"].values())) if name != shard)
+    index["weight_map"][key] = other
+    path.write_text(json.dumps(index))
+
+
+# (layout of the input, file to damage, damage, expected message fragments after the file's path)
+CORRUPT_INPUTS = {
+    "truncated safetensors": ("single", "model.safetensors", _truncate, "is truncated or corrupt: "),
+    "safetensors garbage": ("single", "model.safetensors", lambda p: p.write_bytes(b"not safetensors"),
+                            "is truncated or corrupt: Error while deserializing header"),
+    "truncated index": ("safetensors_shards", "model.safetensors.index.json", _truncate, "is not valid JSON"),
+    "index names the wrong shard": ("safetensors_shards", "model.safetensors.index.json", _corrupt_index_entry,
+                                    "is corrupt: it lists"),
+    "truncated bin shard": ("bin_shards", "pytorch_model-00002-of-00003.bin", _truncate,
+                            "is truncated or corrupt: PytorchStreamReader failed"),
+    "truncated config": ("single", "config.json", _truncate, "is not valid JSON"),
+}  # fmt: skip
+
+
+@pytest.fixture
+def output_with_earlier_conversion(llava_output, tmp_path) -> Path:
+    """--output already holding a conversion: even with --overwrite, a failed run must leave it as it is."""
+    return Path(shutil.copytree(llava_output[0], tmp_path / "outs" / "out"))
+
+
+def _input_copy(directory: Path, layout: str, target: Path) -> Path:
+    if layout == "single":
+        return Path(shutil.copytree(directory, target))
+    return resave_as_bin_shards(directory, target, num_shards=3, fmt="bin" if layout == "bin_shards" else "safetensors")
+
+
+@pytest.mark.parametrize("case", list(CORRUPT_INPUTS))
+def test_corrupt_input_is_named_and_output_untouched(case, llava_input, output_with_earlier_conversion, tmp_path,
+                                                     capsys):  # fmt: skip
+    layout, name, damage, cause = CORRUPT_INPUTS[case]
+    directory = _input_copy(llava_input[0], layout, tmp_path / "input")
+    damage(directory / name)
+    argv = ["--source", "hf", "--input", directory, "--output", output_with_earlier_conversion, "--overwrite"]
+    expect_user_error(capsys, tmp_path / "outs", argv, f"'{directory / name}' {cause}")
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
+@pytest.mark.parametrize("entry", ["script", "cli"])
+def test_unreadable_input_says_permission_denied(name, entry, llava_input, output_with_earlier_conversion, tmp_path,
+                                                 capsys, deny):  # fmt: skip
+    directory = Path(shutil.copytree(llava_input[0], tmp_path / "input"))
+    deny(directory / name)
+    argv = ["--source", "hf", "--input", directory, "--output", output_with_earlier_conversion, "--overwrite"]
+    line = expect_user_error(capsys, tmp_path / "outs", argv, f"cannot read '{directory / name}': permission denied",
+                             entry=entry)  # fmt: skip
+    assert "no such file" not in line and "does not exist" not in line
+
+
+def test_shape_mismatch_is_refused_before_writing(llava_input, output_with_earlier_conversion, tmp_path, capsys):
+    directory = Path(shutil.copytree(llava_input[0], tmp_path / "input"))
+    add_tensors_to_checkpoint(directory, extra={"multi_modal_projector.linear_2.bias": torch.zeros(7)})
+    argv = ["--source", "hf", "--input", directory, "--output", output_with_earlier_conversion, "--overwrite"]
+    expect_user_error(capsys, tmp_path / "outs", argv, f"'multi_modal_projector.linear_2.bias' in "
+                      f"'{directory / 'model.safetensors'}' has shape (7,)", "'model.multi_modal_projector.linear_2.bias' "
+                      "of the converted model needs (48,); does the config match the weights?")  # fmt: skip
+
+
+def test_bad_shard_size_with_overwrite_keeps_the_old_weights(llava_input, output_with_earlier_conversion, tmp_path,
+                                                             capsys):  # fmt: skip
+    argv = ["--source", "hf", "--input", llava_input[0], "--output", output_with_earlier_conversion, "--overwrite",
+            "--max-shard-size", "5XB"]  # fmt: skip
+    expect_user_error(capsys, tmp_path / "outs", argv, "--max-shard-size '5XB' is not a size")
+
+
+def _output_is_a_file(parent: Path, deny) -> Path:
+    (parent / "out").write_text("my notes")
+    return parent / "out"
+
+
+def _output_holds_my_config(parent: Path, deny) -> Path:
+    (parent / "out").mkdir()
+    (parent / "out" / "config.json").write_text('{"mine": true}')
+    return parent / "out"
+
+
+def _output_holds_my_tokenizer(parent: Path, deny) -> Path:  # found only once the conversion is staged
+    (parent / "out").mkdir()
+    (parent / "out" / "tokenizer.json").write_text("{}")
+    return parent / "out"
+
+
+def _parent_not_writable(parent: Path, deny) -> Path:
+    deny(parent, write=True)
+    return parent / "out"
+
+
+OUTPUT_REFUSALS = {
+    "an existing regular file": (_output_is_a_file, "--output '{out}' is an existing file, not a directory"),
+    "a user's config.json": (_output_holds_my_config, "--output '{out}' already holds ['config.json']; pass --overwrite"),
+    "a user's tokenizer.json": (_output_holds_my_tokenizer, "--output '{out}' already holds ['tokenizer.json']"),
+    "a parent that is not writable": (_parent_not_writable, "cannot write beside --output '{out}' (in '{parent}'): "
+                                      "permission denied"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(OUTPUT_REFUSALS))
+def test_output_that_must_not_or_cannot_be_written(case, llava_input, tmp_path, capsys, deny):
+    parent = tmp_path / "outs"
+    parent.mkdir()
+    make, message = OUTPUT_REFUSALS[case]
+    output = make(parent, deny)
+    argv = ["--source", "hf", "--input", llava_input[0], "--output", output]
+    expect_user_error(capsys, parent, argv, message.format(out=output, parent=parent))
+    if case == "a user's tokenizer.json":  # with --overwrite the same run succeeds and replaces it
+        code, _, out = convert(capsys, *argv, "--overwrite")
+        assert code == 0 and "replaced ['tokenizer.json']" in out
+
+
+def test_output_that_is_the_input_is_refused(llava_input, tmp_path, capsys):
+    directory = Path(shutil.copytree(llava_input[0], tmp_path / "input"))
+    expect_user_error(capsys, tmp_path, ["--source", "hf", "--input", directory, "--output", directory, "--overwrite"],
+                      f"--output '{directory}' is an input directory")  # fmt: skip
+
+
+def test_new_nested_output_is_created_only_on_success(llava_input, tmp_path, capsys):
+    output = tmp_path / "outs" / "a" / "b"
+    code, _, _ = convert(capsys, "--source", "hf", "--input", llava_input[0], "--output", output)
+    assert code == 0 and (output / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    (tmp_path / "plain").mkdir()
+    assert (output.stat().st_mode & 0o777) == ((tmp_path / "plain").stat().st_mode & 0o777)  # not a private mode
+
+
+@pytest.mark.parametrize("entry", ["script", "cli"])
+def test_a_bug_keeps_its_traceback(llava_input, output_with_earlier_conversion, tmp_path, monkeypatch, entry):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the config translation")
+
+    monkeypatch.setattr(convert_llava, "convert_hf_config", broken)
+    argv = ["--source", "hf", "--input", str(llava_input[0]), "--output", str(output_with_earlier_conversion),
+            "--overwrite"]  # fmt: skip
+    before = snapshot(tmp_path / "outs")
+    with pytest.raises(RuntimeError, match="a bug in the config translation"):
+        convert_llava.main(argv) if entry == "script" else cli_main(["convert", "llava", *argv])
+    assert snapshot(tmp_path / "outs") == before
+
+
+def test_a_bug_while_staging_leaves_nothing_behind(llava_input, output_with_earlier_conversion, tmp_path, monkeypatch):
+    def broken_save(self, *args, **kwargs):
+        raise TypeError("a bug while saving the processor")
+
+    monkeypatch.setattr(ZooLlavaProcessor, "save_pretrained", broken_save)
+    before = snapshot(tmp_path / "outs")
+    with pytest.raises(TypeError, match="a bug while saving the processor"):
+        cli_main(["convert", "llava", "--source", "hf", "--input", str(llava_input[0]), "--output",
+                  str(output_with_earlier_conversion), "--overwrite"])  # fmt: skip
+    assert snapshot(tmp_path / "outs") == before  # the staged weights were written, then removed

@@ -1,7 +1,17 @@
 """Conversion scripts: official and transformers-reference checkpoints -> vlmzoo checkpoints (DESIGN.md §6).
 
-``common`` holds the machinery every family shares (argument parsing, sharded ``.safetensors`` / ``.bin``
-reading, regex key tables, the accounting of every tensor, streaming sharded output); each
-``convert_<family>.py`` holds only that family's key table, config mapping and processor mapping.
-Run one as ``python -m vlmzoo.conversion_scripts.convert_<family> …`` or ``vlmzoo convert <family> …``.
+Shared machinery, re-exported by ``common``:
+
+- ``common``: the arguments (``--source`` from the family's source registry, repeatable ``--encoder NAME=DIR``),
+  :class:`~.common.Converter` (source registry and ``main``), the run (plan, account, check shapes, stage, swap);
+- ``checkpoints``: reading sharded ``.safetensors`` / ``.bin`` directories, configs, tokenizers, with errors that
+  name the file and the cause;
+- ``key_tables``: rename / split (one-to-many) / merge (many-to-one) rules and the plan that accounts for every
+  tensor and checks every shape before anything is written;
+- ``writing``: the staging directory beside ``--output`` and the streaming writer sharded by ``huggingface_hub``;
+- ``errors``: :class:`~.errors.ConversionError`, the user error both entry points print as one line (exit 2);
+- ``llava_fork``: what the LLaVA code base and its forks (LLaVA-HR, Mini-Gemini, EAGLE) share.
+
+Each ``convert_<family>.py`` holds only that family's key table, config translation and processor. Run one as
+``python -m vlmzoo.conversion_scripts.convert_<family> …`` or ``vlmzoo convert <family> …``.
 """
