@@ -19,7 +19,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vlmzoo import ZooVLMConfig, ZooVLMForConditionalGeneration, ZooVLMModel
-from vlmzoo.modeling.modeling_base import ZooPreTrainedModel
+from vlmzoo.modeling.modeling_base import LearnedTokens, ZooPreTrainedModel
 
 TILE, PATCH = 28, 14  # a 2x2 grid of tokens per frame (CLS dropped)
 GRID = TILE // PATCH
@@ -43,7 +43,7 @@ class HookFamilyConfig(ZooVLMConfig):
     }
     component_table: ClassVar[dict[str, tuple[str, ...]]] = {
         "vision_tower": ("vision_tower",),
-        "multi_modal_projector": ("multi_modal_projector",),
+        "multi_modal_projector": ("multi_modal_projector", "learned_queries"),
         "language_model": ("language_model",),
     }
     default_training_stages: ClassVar[dict[str, list[str]]] = {"align": ["multi_modal_projector"]}
@@ -86,6 +86,7 @@ class HookFamilyModel(HookFamilyPreTrainedModel, ZooVLMModel):
 
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = nn.Linear(config.vision_config.hidden_size, config.text_config.hidden_size)
+        self.learned_queries = LearnedTokens(1, config.text_config.hidden_size)  # a learned vector, as BLIP-2's
         self.rope_deltas = None
 
     def build_language_model(self, text_config):
@@ -95,7 +96,7 @@ class HookFamilyModel(HookFamilyPreTrainedModel, ZooVLMModel):
 
     def _frames(self, pixels):  # (frames, 3, H, W) -> (frames, GRID * GRID, text width)
         hidden = self.vision_tower(pixels, return_dict=True).last_hidden_state[:, 1:]
-        return self.multi_modal_projector(hidden)
+        return self.multi_modal_projector(hidden) + self.learned_queries.weight
 
     def get_image_features(self, pixel_values, **kwargs):
         features = self._frames(pixel_values)
@@ -236,3 +237,34 @@ def test_every_parameter_of_the_test_family_belongs_to_one_component():
                 owners.setdefault(id(parameter), []).append(component)
     assert all(len(owners.get(id(p), [])) == 1 for p in model.parameters())
 
+
+
+def test_learned_vectors_keep_training_under_lora():
+    from peft import get_peft_model
+
+    from vlmzoo.training import lora_config
+
+    model = build()
+    model.set_training_stage("align")
+    config = lora_config(model, r=2, stage="align")
+    assert "learned_queries" in config.modules_to_save
+    peft_model = get_peft_model(model, config)
+    before = model.model.learned_queries.weight.detach().clone()
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=1.0)
+    batch = inputs()
+    peft_model(**batch, labels=batch["input_ids"]).loss.backward()
+    optimizer.step()
+    merged = peft_model.merge_and_unload()
+    assert not torch.equal(merged.model.learned_queries.weight, before)
+
+
+def test_a_bare_parameter_component_is_refused_by_lora_config():
+    from vlmzoo.training import lora_config
+
+    model = build()
+    model.model.bare_vector = nn.Parameter(torch.zeros(3))
+    table = {**HookFamilyConfig.component_table, "multi_modal_projector": ("multi_modal_projector", "bare_vector")}
+    model.config.__class__ = type("BareConfig", (HookFamilyConfig,), {"component_table": table})
+    with pytest.raises(ValueError, match=r"holds bare parameters \['model.bare_vector'\], which LoRA"):
+        lora_config(model, stage="align")

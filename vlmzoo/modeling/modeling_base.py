@@ -27,6 +27,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
@@ -139,6 +140,29 @@ class ZooPreTrainedModel(PreTrainedModel):
             state = "trainable" if component in trained else "frozen"
             logger.warning("stage %s: %-22s %-9s %12d params", stage, component, state, total)
         return counts
+
+
+class LearnedTokens(nn.Module):
+    """Learned vectors (BLIP-2's query tokens, LLaVA-NeXT's newline, perceiver latents) held as a module.
+
+    A module with one ``weight`` (key ``<name>.weight``), not a bare parameter: peft's ``modules_to_save``
+    trains it next to LoRA adapters (``get_peft_model`` freezes bare parameters), and ``_init_zoo_weights``
+    re-initialises it after a meta-device load (normal, ``std`` or 1/sqrt(last dim) by default).
+    """
+
+    def __init__(self, *shape: int, std: float | None = None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(*shape))
+        self.std = std
+
+    def forward(self, batch_size: int, like: torch.Tensor | None = None) -> torch.Tensor:
+        """The vectors for a batch: (batch_size, *shape), in ``like``'s dtype and device when given."""
+        weight = self.weight if like is None else self.weight.to(like)
+        return weight.unsqueeze(0).expand(batch_size, *weight.shape)
+
+    def _init_zoo_weights(self) -> None:
+        std = self.std if self.std is not None else self.weight.shape[-1] ** -0.5
+        init.normal_(self.weight, mean=0.0, std=std)
 
 
 def _resolve(root: nn.Module, path: str) -> nn.Module | nn.Parameter | None:

@@ -26,6 +26,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..projector_tokens import PROJECTOR_TOKENS, projector_options, square_grid_side
 from ..registry import Registry
+from .modeling_base import LearnedTokens
 
 PROJECTORS: Registry = Registry("projector")
 
@@ -476,23 +477,18 @@ class PerceiverResamplerProjector(ZooProjector):
 
 
 # ----- shared -------------------------------------------------------------------------------------------
-class ImageNewline(nn.Module):
-    """LLaVA-NeXT's learned vector written after every row of AnyRes tile features.
+class ImageNewline(LearnedTokens):
+    """LLaVA-NeXT's learned vector written after every row of AnyRes tile features (key ``image_newline.weight``).
 
-    A module (key ``image_newline.weight``) rather than a bare parameter, so peft's ``modules_to_save``
-    can train it next to the projector under LoRA.
+    Initialised like transformers' LLaVA-NeXT: normal with std 1/sqrt(hidden size).
     """
 
     def __init__(self, hidden_size: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(hidden_size))
+        super().__init__(hidden_size)
 
     def forward(self, rows: int, like: torch.Tensor) -> torch.Tensor:
         """The vector repeated for ``rows`` rows, as (rows, 1, hidden) in ``like``'s dtype and device."""
         return self.weight.to(like).expand(rows, 1, -1)
-
-    def _init_zoo_weights(self) -> None:
-        init.normal_(self.weight, mean=0.0, std=1 / math.sqrt(self.weight.shape[0]))
 
 
 def build_projector(

@@ -15,11 +15,23 @@ from torch import nn
 
 
 def _component_prefixes(model: nn.Module) -> dict[str, list[str]]:
-    """Component -> qualified module names of its modules (parameters without a module are skipped)."""
+    """Component -> qualified module names of its modules.
+
+    A bare ``nn.Parameter`` part is refused: peft freezes every parameter that is neither an adapter nor
+    inside a ``modules_to_save`` module, so it would silently stop training. vlmzoo's learned vectors are
+    modules (``LearnedTokens``) for this reason.
+    """
     names = {id(module): name for name, module in model.named_modules()}
+    parameter_names = {id(parameter): name for name, parameter in model.named_parameters()}
     prefixes: dict[str, list[str]] = {}
     for component, parts in model.component_parts().items():
-        prefixes[component] = [names[id(part)] for part in parts if isinstance(part, nn.Module) and id(part) in names]
+        bare = [parameter_names.get(id(part), "?") for part in parts if isinstance(part, nn.Parameter)]
+        if bare:
+            raise ValueError(
+                f"component '{component}' holds bare parameters {bare}, which LoRA (peft) would freeze; make each a "
+                f"module with a `weight` (vlmzoo.modeling.modeling_base.LearnedTokens) so modules_to_save can train it"
+            )
+        prefixes[component] = [names[id(part)] for part in parts if id(part) in names]
     return prefixes
 
 
