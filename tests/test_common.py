@@ -446,3 +446,16 @@ def test_a_model_loaded_with_every_weight_missing_equals_a_fresh_one(case, monke
         loaded = cls.from_pretrained(None, config=copy.deepcopy(config), state_dict={}).state_dict()
         assert sorted(fresh) == sorted(loaded)
         assert [key for key in fresh if not torch.equal(fresh[key], loaded[key])] == []
+
+
+@pytest.mark.parametrize("size", [(48, 80), (100, 40), (64, 64), (17, 300)])
+def test_processor_counts_image_tokens_without_pixels_as_it_expands_them(case, size):
+    """``_get_num_multimodal_tokens`` (the serving engines' hook) agrees with the processor's own expansion."""
+    _, processor = build(case)
+    height, width = size
+    text = user_prompt(processor, "What is it?")
+    expanded = processor(images=[make_image(width, height)], text=[text], return_tensors="pt")
+    placeholders = int((expanded["input_ids"] == processor.image_token_id).sum())
+    counted = processor._get_num_multimodal_tokens(image_sizes=[size, size])
+    assert counted.num_image_tokens == [placeholders, placeholders]
+    assert counted.num_image_patches == [1, 1]

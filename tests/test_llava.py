@@ -92,3 +92,33 @@ def test_full_strategy_keeps_the_cls_token():
     inputs = processor(images=[make_image(50, 40)], text=[text], return_tensors="pt")
     assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 16 + 1
     assert torch.isfinite(model(**inputs).logits).all()
+
+
+def test_an_explicit_image_token_wins_over_the_tokenizers():
+    _, processor = build(("llava", "tiny"))
+    tokenizer = processor.tokenizer
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<img>"]})
+    tokenizer.image_token = "<image>"
+    chosen = type(processor)(image_processor=processor.image_processor, tokenizer=tokenizer, image_token="<img>")
+    assert chosen.image_token == "<img>"
+    assert chosen.image_token_id == tokenizer.convert_tokens_to_ids("<img>")
+    assert type(processor)(image_processor=processor.image_processor, tokenizer=tokenizer).image_token == "<image>"
+
+
+def test_a_per_call_pinpoint_override_is_counted_with_the_pinpoints_used():
+    model, processor = build(("llava", "tiny-anyres"))
+    tile = model.config.vision_config.image_size
+    text = user_prompt(processor, "What is it?")
+    image = make_image(200, 60)
+    default = processor(images=[image], text=[text], return_tensors="pt")
+    override = [[tile, tile * 2]]  # one row of two tiles (the preset's best fit for this image is three)
+    wide = processor(images=[image], text=[text], return_tensors="pt", image_grid_pinpoints=override)
+    assert wide["pixel_values"].shape[1] == 3  # base view + 2 tiles
+    counted = processor._get_num_multimodal_tokens(image_sizes=[(60, 200)], image_grid_pinpoints=override)
+    placeholders = int((wide["input_ids"] == model.config.image_token_id).sum())
+    assert counted.num_image_tokens == [placeholders]
+    assert placeholders != int((default["input_ids"] == model.config.image_token_id).sum())
+    # a model configured with the same pinpoints makes exactly that many embeddings
+    same, _ = build(("llava", "tiny-anyres"), image_grid_pinpoints=override)
+    (features,) = same.get_image_features(wide["pixel_values"], image_sizes=wide["image_sizes"]).pooler_output
+    assert features.shape[0] == placeholders

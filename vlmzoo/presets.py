@@ -212,34 +212,5 @@ def get_config(family: str, preset: str = "tiny", **overrides):
 def get_processor(family: str, preset: str = "tiny", config=None):
     """Processor matching ``get_config(family, preset)``: the tiny tokenizer and the right image processor."""
     config = config if config is not None else get_config(family, preset)
-    return PROCESSOR_BUILDERS.get(family)(config, build_tiny_tokenizer())
-
-
-PROCESSOR_BUILDERS: Registry = Registry("processor builder")
-
-
-@PROCESSOR_BUILDERS.register("llava")
-def build_llava_processor(config, tokenizer):
-    """A ``ZooLlavaProcessor`` whose image side matches the config's tower (and AnyRes pinpoints, if any)."""
-    from .processing import ZooAnyResImageProcessor, ZooFixedResImageProcessor, ZooLlavaProcessor
-    from .processing.image_transforms import tower_extra_tokens
-
-    vision = config.vision_config
-    common = {
-        "size": {"shortest_edge": vision.image_size},
-        "crop_size": {"height": vision.image_size, "width": vision.image_size},
-    }
-    if config.uses_anyres:
-        image_processor = ZooAnyResImageProcessor(image_grid_pinpoints=config.image_grid_pinpoints, **common)
-    else:
-        image_processor = ZooFixedResImageProcessor(**common)
-    return ZooLlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=vision.patch_size,
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-        num_additional_image_tokens=tower_extra_tokens(vision),
-        chat_template=tokenizer.chat_template,
-        projector_type=config.projector_type,
-        projector_config=config.projector_config,
-    )
+    # every family's processor class builds itself from a model config (one place: presets, converters, docs)
+    return get_family(family).processor_class.from_model_config(config, build_tiny_tokenizer())

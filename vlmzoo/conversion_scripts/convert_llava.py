@@ -28,12 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import GenerationConfig, PreTrainedConfig
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
 from ..configuration.configuration_llava import ZooLlavaConfig
 from ..modeling.modeling_llava import ZooLlavaForConditionalGeneration
 from ..modeling.vision_towers import num_feature_layers, tokens_per_view, tower_extra_tokens
-from ..processing import ZooAnyResImageProcessor, ZooFixedResImageProcessor, ZooLlavaProcessor
+from ..processing import ZooLlavaProcessor
 from .common import (
     CheckpointReader,
     ConversionArguments,
@@ -150,20 +149,9 @@ def _saved_chat_template(directory: Path, tokenizer) -> str | None:
     return getattr(tokenizer, "chat_template", None)
 
 
-def build_image_processor(config: ZooLlavaConfig, saved: dict, pad_to_square: bool, anyres_pad: bool = True):
-    """``ZooFixedResImageProcessor`` or ``ZooAnyResImageProcessor`` with the saved settings, else the tower's."""
-    side = config.vision_config.image_size
-    settings = {
-        "size": {"shortest_edge": side},
-        "crop_size": {"height": side, "width": side},
-        "image_mean": list(OPENAI_CLIP_MEAN),
-        "image_std": list(OPENAI_CLIP_STD),
-        "resample": PILImageResampling.BICUBIC,
-    }
-    settings.update({key: saved[key] for key in _IMAGE_PROCESSOR_FIELDS if saved.get(key) is not None})
-    if config.uses_anyres:
-        return ZooAnyResImageProcessor(image_grid_pinpoints=config.image_grid_pinpoints, do_pad=anyres_pad, **settings)
-    return ZooFixedResImageProcessor(pad_to_square=pad_to_square, **settings)
+def _image_processor_settings(saved: dict) -> dict:
+    """The saved image-processor fields the converted processor keeps (the rest follow the tower)."""
+    return {key: saved[key] for key in _IMAGE_PROCESSOR_FIELDS if saved.get(key) is not None}
 
 
 def _check_image_token(tokenizer, image_token: str, image_token_id: int, input_dir: Path) -> None:
@@ -239,19 +227,15 @@ def _hf_processor(input_dir: Path, config: ZooLlavaConfig, extra_tokens: int, no
         notes.append("the input has no image-processor settings: using the tower's size with CLIP mean/std, bicubic")
     image_token = saved_processor.get("image_token") or getattr(tokenizer, "image_token", None) or IMAGE_TOKEN
     _check_image_token(tokenizer, image_token, config.image_token_id, input_dir)
-    image_processor = build_image_processor(
-        config, saved_image, pad_to_square=bool(saved_image.get("do_pad", False)), anyres_pad=saved_image.get("do_pad", True)
-    )
-    return ZooLlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=config.vision_config.patch_size,
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-        num_additional_image_tokens=extra_tokens,
+    return ZooLlavaProcessor.from_model_config(
+        config,
+        tokenizer,
+        image_processor_settings=_image_processor_settings(saved_image),
+        pad_to_square=bool(saved_image.get("do_pad", False)),
+        anyres_pad=saved_image.get("do_pad", True),
         image_token=image_token,
         chat_template=_saved_chat_template(input_dir, tokenizer),
-        projector_type=config.projector_type,
-        projector_config=config.projector_config,
+        num_additional_image_tokens=extra_tokens,
     )
 
 
@@ -355,16 +339,13 @@ def prepare_original(arguments: ConversionArguments) -> ConversionJob:
         saved_image = _saved_image_processor_settings(encoder)
         if not saved_image:
             notes.append("--encoder has no preprocessor_config.json: using the tower's size with CLIP mean/std, bicubic")
-        processor = ZooLlavaProcessor(
-            image_processor=build_image_processor(config, saved_image, pad_to_square=aspect.pad_to_square),
-            tokenizer=tokenizer,
-            patch_size=vision_config.patch_size,
-            vision_feature_select_strategy=config.vision_feature_select_strategy,
-            num_additional_image_tokens=tower_extra_tokens(vision_config),
+        processor = ZooLlavaProcessor.from_model_config(
+            config,
+            tokenizer,
+            image_processor_settings=_image_processor_settings(saved_image),
+            pad_to_square=aspect.pad_to_square,
             image_token=IMAGE_TOKEN,
             chat_template=chat_template,
-            projector_type=config.projector_type,
-            projector_config=config.projector_config,
         )
     else:
         notes.append("the input has no tokenizer: no processor written")
