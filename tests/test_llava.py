@@ -122,3 +122,22 @@ def test_a_per_call_pinpoint_override_is_counted_with_the_pinpoints_used():
     same, _ = build(("llava", "tiny-anyres"), image_grid_pinpoints=override)
     (features,) = same.get_image_features(wide["pixel_values"], image_sizes=wide["image_sizes"]).pooler_output
     assert features.shape[0] == placeholders
+
+
+@pytest.mark.parametrize(
+    "pinpoints, fragment",
+    [
+        ([], "must list at least one"),
+        ([[64, 96]], r"positive multiples of the tile size 64; got \[64, 96\]"),
+        ([[64.0, 128]], r"got \[64.0, 128\]"),
+        ([["64", "128"]], r"got \['64', '128'\]"),
+        ([[64, 128, 64]], r"\[height, width\]"),
+        ([[0, 64]], r"got \[0, 64\]"),
+    ],
+)
+def test_impossible_pinpoints_are_refused_by_config_and_image_processor(pinpoints, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        presets.get_config("llava", "tiny-anyres", image_grid_pinpoints=pinpoints)
+    _, processor = build(("llava", "tiny-anyres"))
+    with pytest.raises(ValueError, match=fragment):
+        processor.image_processor(make_image(40, 40), image_grid_pinpoints=pinpoints)

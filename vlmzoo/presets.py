@@ -15,31 +15,15 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from .auto import get_family
+from .processing.chat_templates import vicuna_chat_template
 from .registry import Registry
 
 IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", IMAGE_TOKEN]
 
-# USER/ASSISTANT turns (LLaVA's vicuna_v1 style); {% generation %} marks what the model learns to write
-CHAT_TEMPLATE = (
-    "{{- bos_token -}}"
-    "{%- for message in messages -%}"
-    "{%- if message['content'] is string -%}{%- set parts = [{'type': 'text', 'text': message['content']}] -%}"
-    "{%- else -%}{%- set parts = message['content'] -%}{%- endif -%}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{{- 'ASSISTANT:' -}}{% generation %}"
-    "{%- for part in parts -%}{%- if part['type'] == 'text' -%}{{- ' ' + part['text'] -}}{%- endif -%}{%- endfor -%}"
-    "{{- eos_token -}}{% endgeneration %}{{- '\\n' -}}"
-    "{%- else -%}"
-    "{{- message['role'].upper() + ': ' -}}"
-    "{%- for part in parts -%}"
-    "{%- if part['type'] == 'image' -%}{{- '<image>\\n' -}}"
-    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
-    "{%- endfor -%}{{- '\\n' -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
-)
+# LLaVA's vicuna_v1 style with newline-separated turns and no default system prompt; {% generation %}
+# marks what the model learns to write
+CHAT_TEMPLATE = vicuna_chat_template(system_prompt=None, user_end="\n", assistant_end="\n")
 
 _CORPUS = [
     "USER: ASSISTANT: SYSTEM: A chat between a curious user and an artificial intelligence assistant.",
@@ -147,16 +131,9 @@ def _llava_tiny_anyres() -> dict:
 
 
 def _clip_large_336() -> dict:
-    return {
-        "model_type": "clip_vision_model",
-        "hidden_size": 1024,
-        "intermediate_size": 4096,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 16,
-        "image_size": 336,
-        "patch_size": 14,
-        "projection_dim": 768,
-    }
+    from .configuration.configuration_llava import CLIP_VIT_L_336
+
+    return {"model_type": "clip_vision_model", **CLIP_VIT_L_336}
 
 
 def _vicuna(hidden: int, layers: int, heads: int, intermediate: int) -> dict:

@@ -16,7 +16,20 @@ from transformers import AutoConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from ..projector_tokens import PROJECTOR_TOKENS, projector_keeps_grid, projector_num_tokens, projector_options
+from ..processing.image_transforms import validate_grid_pinpoints
 from .configuration_base import ZooVLMConfig
+
+
+# OpenAI CLIP ViT-L/14 at 336 px, LLaVA 1.5's and NeXT's tower (the default vision_config)
+CLIP_VIT_L_336 = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "image_size": 336,
+    "projection_dim": 768,
+}
 
 
 @strict
@@ -45,15 +58,7 @@ class ZooLlavaConfig(ZooVLMConfig):
         "vision_config": SubConfigSpec(
             config_class=AutoConfig,
             model_type="clip_vision_model",
-            init_kwargs={
-                "hidden_size": 1024,
-                "intermediate_size": 4096,
-                "num_hidden_layers": 24,
-                "num_attention_heads": 16,
-                "patch_size": 14,
-                "image_size": 336,
-                "projection_dim": 768,
-            },
+            init_kwargs=CLIP_VIT_L_336,
         ),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
     }
@@ -81,13 +86,7 @@ class ZooLlavaConfig(ZooVLMConfig):
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.image_grid_pinpoints is not None:
-            tile = self.vision_config.image_size
-            for pinpoint in self.image_grid_pinpoints:
-                if len(pinpoint) != 2 or any(int(side) <= 0 or int(side) % tile for side in pinpoint):
-                    raise ValueError(
-                        f"image_grid_pinpoints entries must be [height, width] multiples of the tower's "
-                        f"image_size {tile}; got {pinpoint}"
-                    )
+            validate_grid_pinpoints(self.image_grid_pinpoints, self.vision_config.image_size)
         self._check_projector()
 
     def _check_projector(self) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, PreTrainedConfig
 
+from ..processing.chat_templates import VICUNA_V1_SYSTEM, vicuna_chat_template
 from .common import ConversionError, TensorTransform, grow_rows_with_mean, read_json
 
 IMAGE_TOKEN = "<image>"
@@ -42,35 +43,7 @@ LANGUAGE_MODEL_RULES = [
 ]
 
 # LLaVA 1.5's conversation format (conv_vicuna_v1): "<system> USER: <image>\n<q> ASSISTANT: <a></s>USER: ..."
-VICUNA_V1_SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
-)
-VICUNA_V1_CHAT_TEMPLATE = (
-    "{{- bos_token -}}"
-    "{%- if messages and messages[0]['role'] == 'system' -%}"
-    "{%- if messages[0]['content'] is string -%}{{- messages[0]['content'] -}}"
-    "{%- else -%}{%- for part in messages[0]['content'] if part['type'] == 'text' -%}{{- part['text'] -}}{%- endfor -%}"
-    "{%- endif -%}{%- set conversation = messages[1:] -%}"
-    "{%- else -%}{{- '" + VICUNA_V1_SYSTEM.replace("'", "\\'") + "' -}}{%- set conversation = messages -%}{%- endif -%}"
-    "{{- ' ' -}}"
-    "{%- for message in conversation -%}"
-    "{%- if message['content'] is string -%}{%- set parts = [{'type': 'text', 'text': message['content']}] -%}"
-    "{%- else -%}{%- set parts = message['content'] -%}{%- endif -%}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{{- 'ASSISTANT:' -}}{% generation %}"
-    "{%- for part in parts if part['type'] == 'text' -%}{{- ' ' + part['text'] -}}{%- endfor -%}"
-    "{{- eos_token -}}{% endgeneration %}"
-    "{%- else -%}"
-    "{{- 'USER: ' -}}"
-    "{%- for part in parts -%}"
-    "{%- if part['type'] == 'image' -%}{{- '<image>\\n' -}}"
-    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
-    "{%- endfor -%}{{- ' ' -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
-)
+VICUNA_V1_CHAT_TEMPLATE = vicuna_chat_template(VICUNA_V1_SYSTEM)
 CHAT_TEMPLATES = {"vicuna_v1": VICUNA_V1_CHAT_TEMPLATE}
 
 

@@ -13,10 +13,10 @@ import numpy as np
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature, get_patch_output_size
 from transformers.image_transforms import divide_to_patches
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ChannelDimension, PILImageResampling, SizeDict
+from transformers.image_utils import ChannelDimension, SizeDict
 from transformers.processing_utils import ImagesKwargs
 
-from .image_processing_common import ZooImageInputMixin
+from .image_processing_common import ZooClipViewDefaults, ZooImageInputMixin
 from .image_transforms import (
     anyres_target_resolution,
     pad_centered,
@@ -30,23 +30,12 @@ class ZooAnyResImagesKwargs(ImagesKwargs, total=False):
     image_grid_pinpoints: list[list[int]]
 
 
-class ZooAnyResImageProcessor(ZooImageInputMixin, PilBackend):
+class ZooAnyResImageProcessor(ZooImageInputMixin, ZooClipViewDefaults, PilBackend):
     """LLaVA-NeXT AnyRes tiling: base view + best-fit grid of tower-sized tiles."""
 
     valid_kwargs = ZooAnyResImagesKwargs
     model_input_names = ["pixel_values", "image_sizes"]
 
-    resample = PILImageResampling.BICUBIC
-    image_mean = OPENAI_CLIP_MEAN
-    image_std = OPENAI_CLIP_STD
-    size = {"shortest_edge": 336}
-    default_to_square = False
-    crop_size = {"height": 336, "width": 336}
-    do_resize = True
-    do_center_crop = True
-    do_rescale = True
-    do_normalize = True
-    do_convert_rgb = True
     do_pad = True
     image_grid_pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import PIL.Image
 import torch
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
 from ..registry import Registry
 
@@ -58,6 +59,23 @@ def prepare_image(image):
         _check_array(image)
         return image
     raise TypeError(f"images must be PIL images, numpy arrays or torch tensors, got {type(image).__name__}")
+
+
+class ZooClipViewDefaults:
+    """The defaults every CLIP-tower image processor shares (LLaVA's): bicubic resize of the shortest edge,
+    centre crop to the tower's size, OpenAI CLIP mean/std. Subclasses set what differs (``do_pad``, ...)."""
+
+    resample = PILImageResampling.BICUBIC
+    image_mean = OPENAI_CLIP_MEAN
+    image_std = OPENAI_CLIP_STD
+    size = {"shortest_edge": 336}
+    default_to_square = False
+    crop_size = {"height": 336, "width": 336}
+    do_resize = True
+    do_center_crop = True
+    do_rescale = True
+    do_normalize = True
+    do_convert_rgb = True
 
 
 class ZooImageInputMixin:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import numpy as np
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 from transformers.processing_utils import ImagesKwargs
 
-from .image_processing_common import ZooImageInputMixin
+from .image_processing_common import ZooClipViewDefaults, ZooImageInputMixin
 from .image_transforms import pad_to_square as pad_image_to_square
 
 
@@ -23,23 +22,12 @@ class ZooFixedResImagesKwargs(ImagesKwargs, total=False):
     pad_to_square: bool
 
 
-class ZooFixedResImageProcessor(ZooImageInputMixin, PilBackend):
+class ZooFixedResImageProcessor(ZooImageInputMixin, ZooClipViewDefaults, PilBackend):
     """Resize the shortest edge, centre-crop, rescale, normalise; optionally pad to square first."""
 
     valid_kwargs = ZooFixedResImagesKwargs
     model_input_names = ["pixel_values"]
 
-    resample = PILImageResampling.BICUBIC
-    image_mean = OPENAI_CLIP_MEAN
-    image_std = OPENAI_CLIP_STD
-    size = {"shortest_edge": 336}
-    default_to_square = False
-    crop_size = {"height": 336, "width": 336}
-    do_resize = True
-    do_center_crop = True
-    do_rescale = True
-    do_normalize = True
-    do_convert_rgb = True
     do_pad = False
     pad_to_square = False
 

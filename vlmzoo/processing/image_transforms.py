@@ -94,14 +94,17 @@ def pad_to_square(image: np.ndarray, background: Sequence[float]) -> np.ndarray:
 
 def validate_grid_pinpoints(grid_pinpoints: Sequence[Sequence[int]], tile_size: int) -> list[list[int]]:
     """Check AnyRes pinpoints: a non-empty list of [height, width] multiples of the tile size."""
-    if not grid_pinpoints:
+    if isinstance(grid_pinpoints, (str, bytes)) or not grid_pinpoints:
         raise ValueError("image_grid_pinpoints must list at least one [height, width] resolution")
     pinpoints = []
     for pinpoint in grid_pinpoints:
-        if len(pinpoint) != 2 or any(int(side) <= 0 or int(side) % tile_size for side in pinpoint):
+        integers = isinstance(pinpoint, (list, tuple)) and all(
+            isinstance(side, (int, np.integer)) and not isinstance(side, bool) for side in pinpoint
+        )
+        if not integers or len(pinpoint) != 2 or any(side <= 0 or side % tile_size for side in pinpoint):
             raise ValueError(
                 f"each image_grid_pinpoints entry must be [height, width], positive multiples of the tile size "
-                f"{tile_size}; got {list(pinpoint)}"
+                f"{tile_size}; got {pinpoint!r}"
             )
         pinpoints.append([int(pinpoint[0]), int(pinpoint[1])])
     return pinpoints
