@@ -141,3 +141,13 @@ def test_impossible_pinpoints_are_refused_by_config_and_image_processor(pinpoint
     _, processor = build(("llava", "tiny-anyres"))
     with pytest.raises(ValueError, match=fragment):
         processor.image_processor(make_image(40, 40), image_grid_pinpoints=pinpoints)
+
+
+def test_image_seq_length_is_computed_and_checked():
+    assert presets.get_config("llava", "tiny").image_seq_length == 16  # (64 / 16)^2 patches, CLS dropped
+    assert presets.get_config("llava", "tiny", vision_feature_select_strategy="full").image_seq_length == 17
+    shuffled = presets.get_config("llava", "tiny", projector_type="pixel_shuffle", projector_config={"ratio": 2})
+    assert shuffled.image_seq_length == 4
+    assert vlmzoo.ZooLlavaConfig().image_seq_length == 576  # LLaVA 1.5: CLIP ViT-L/14 at 336 px
+    with pytest.raises(ValueError, match="image_seq_length=20 disagrees with the 16 tokens one view makes"):
+        presets.get_config("llava", "tiny", image_seq_length=20)

@@ -393,16 +393,19 @@ def test_anyres_works_with_the_grid_keeping_ln_mlp():
 
 
 def test_a_cls_token_reaching_a_grid_projector_is_refused_with_the_fix():
-    config = presets.get_config(
-        "llava", "tiny", projector_type="pixel_shuffle", vision_feature_select_strategy="full"
-    )
+    # the config counts the tokens one view makes (image_seq_length), so it refuses the pair up front
+    with pytest.raises(ValueError, match='got 17: .*vision_feature_select_strategy="default"'):
+        presets.get_config("llava", "tiny", projector_type="pixel_shuffle", vision_feature_select_strategy="full")
+    # a processor built by hand for that pair refuses at the first image, the projector module at its first input
+    config = presets.get_config("llava", "tiny", projector_type="pixel_shuffle")
     processor = presets.get_processor("llava", "tiny", config)
+    processor.vision_feature_select_strategy = "full"
     assert processor.num_additional_image_tokens == 1  # CLIP's CLS: 17 tokens
     with pytest.raises(ValueError, match='got 17: .*vision_feature_select_strategy="default"'):
         processor(images=[make_image(64, 64)], text=[user_prompt(processor, "Where?")], return_tensors="pt")
     model = vlmzoo.ZooLlavaForConditionalGeneration(config).eval()
     with pytest.raises(ValueError, match='got 17: .*vision_feature_select_strategy="default"'):
-        model.get_image_features(pixel_values=torch.zeros(1, 3, 64, 64))
+        model.get_image_features(pixel_values=torch.zeros(1, 3, 64, 64), vision_feature_select_strategy="full")
 
 
 # ----- end to end: pick it in the config, train, save, reload ------------------------------------------------

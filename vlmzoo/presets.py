@@ -113,7 +113,6 @@ def _llava_tiny(**overrides) -> dict:
         "text_config": _tiny_text_config(tokenizer),
         "image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         "projector_type": "mlp2x_gelu",
-        "image_seq_length": 16,
         **overrides,
     }
 

@@ -16,7 +16,7 @@ from transformers import AutoConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from ..projector_tokens import PROJECTOR_TOKENS, projector_keeps_grid, projector_num_tokens, projector_options
-from ..processing.image_transforms import validate_grid_pinpoints
+from ..processing.image_transforms import tokens_per_view, tower_extra_tokens, validate_grid_pinpoints
 from .configuration_base import ZooVLMConfig
 
 
@@ -48,7 +48,8 @@ class ZooLlavaConfig(ZooVLMConfig):
         vision_feature_layer: hidden-state index (or list of indices, concatenated on channels) of the tower.
         vision_feature_select_strategy: ``"default"`` drops the first (CLS) token, ``"full"`` keeps all.
         image_grid_pinpoints: ``None`` for fixed resolution, else the AnyRes ``[height, width]`` grid list.
-        image_seq_length: image tokens of one fixed-resolution view (informational, set by the processor).
+        image_seq_length: image tokens of one view at the tower's resolution, after feature selection and the
+            projector; computed when not given, and a given value that disagrees is refused.
         training_stages: stage name -> trained components (defaults: the LLaVA recipe).
     """
 
@@ -81,13 +82,32 @@ class ZooLlavaConfig(ZooVLMConfig):
     vision_feature_layer: int | list[int] = -2
     vision_feature_select_strategy: Literal["default", "full"] = "default"
     image_grid_pinpoints: list | None = None
-    image_seq_length: int = 576
+    image_seq_length: int | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.image_grid_pinpoints is not None:
             validate_grid_pinpoints(self.image_grid_pinpoints, self.vision_config.image_size)
         self._check_projector()
+        self._check_image_seq_length()
+
+    def _check_image_seq_length(self) -> None:
+        """Tokens of one view from the tower's facts, the feature selection and the projector (what the processor
+        expands each fixed-resolution image to); ``image_seq_length`` must agree with it."""
+        vision = self.vision_config
+        selected = tokens_per_view(
+            vision.image_size, vision.image_size, vision.patch_size, tower_extra_tokens(vision),
+            self.vision_feature_select_strategy,
+        )  # fmt: skip
+        tokens = projector_num_tokens(self.projector_type, selected, self.projector_config)
+        if self.image_seq_length is None:
+            self.image_seq_length = tokens
+        elif self.image_seq_length != tokens:
+            raise ValueError(
+                f"image_seq_length={self.image_seq_length} disagrees with the {tokens} tokens one view makes (tower "
+                f"{vision.image_size}px / patch {vision.patch_size}, strategy '{self.vision_feature_select_strategy}', "
+                f"projector '{self.projector_type}'); leave image_seq_length unset to have it computed"
+            )
 
     def _check_projector(self) -> None:
         """Known projector and options; AnyRes only with grid-keeping projectors; the patch grid fits the projector."""
