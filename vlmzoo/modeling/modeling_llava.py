@@ -17,7 +17,13 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from transformers.utils.output_capturing import select_hidden_states
 
 from ..configuration.configuration_llava import ZooLlavaConfig
-from ..processing.image_transforms import anyres_grid_shape, anyres_num_views, unpadded_region
+# transformers' own AnyRes geometry (the reference's); the processors count with the torch-free twin in
+# processing/image_transforms.py, and tests check that both agree for many image sizes
+from transformers.models.llava_next.modeling_llava_next import (
+    get_anyres_image_grid_shape,
+    image_size_to_num_patches,
+    unpad_image,
+)
 from .modeling_base import ZooPreTrainedModel, ZooVLMForConditionalGeneration, ZooVLMModel
 from .projectors import ImageNewline, build_projector
 from .vision_towers import build_vision_tower, check_tower_views, num_feature_layers, select_vision_features
@@ -96,7 +102,7 @@ class ZooLlavaModel(ZooLlavaPreTrainedModel, ZooVLMModel):
                 f"of image_sizes ({len(image_sizes)}), got shape {tuple(pixel_values.shape)}"
             )
         sizes = [tuple(int(side) for side in size) for size in torch.as_tensor(image_sizes).tolist()]
-        views_per_image = [anyres_num_views(size, config.image_grid_pinpoints, tile_size) for size in sizes]
+        views_per_image = [image_size_to_num_patches(size, config.image_grid_pinpoints, tile_size) for size in sizes]
         if max(views_per_image) > pixel_values.shape[1]:
             raise ValueError(
                 f"image_sizes ask for up to {max(views_per_image)} views per image but pixel_values holds "
@@ -115,7 +121,7 @@ class ZooLlavaModel(ZooLlavaPreTrainedModel, ZooVLMModel):
         base, tiles = view_features[0], view_features[1:]
         tile_size = config.vision_config.image_size
         side = tile_size // config.vision_config.patch_size
-        rows, columns = anyres_grid_shape(image_size, config.image_grid_pinpoints, tile_size)
+        rows, columns = get_anyres_image_grid_shape(image_size, config.image_grid_pinpoints, tile_size)
         if tiles.shape[1] != side * side:
             raise ValueError(
                 f"AnyRes tiles give {tiles.shape[1]} tokens each, expected a {side}x{side} grid; use "
@@ -124,8 +130,9 @@ class ZooLlavaModel(ZooLlavaPreTrainedModel, ZooVLMModel):
         hidden = tiles.shape[-1]
         # (rows*cols, side*side, hidden) -> (rows, cols, side, side, hidden) -> (rows*side, cols*side, hidden)
         grid = tiles.view(rows, columns, side, side, hidden).permute(0, 2, 1, 3, 4).reshape(rows * side, columns * side, hidden)
-        top, height, left, width = unpadded_region(image_size, (rows * side, columns * side))
-        grid = grid[top : top + height, left : left + width]
+        # spatial unpad on (hidden, rows*side, cols*side), then back: -> (height, width, hidden)
+        grid = unpad_image(grid.permute(2, 0, 1), image_size).permute(1, 2, 0)
+        height = grid.shape[0]
         # append the newline vector as an extra column: (height, width + 1, hidden) -> (height * (width + 1), hidden)
         newline = self.image_newline(height, grid)  # (height, 1, hidden)
         grid = torch.cat([grid, newline], dim=1).flatten(0, 1)
