@@ -127,7 +127,7 @@ def test_any_example_can_be_drawn_alone_and_the_dataset_draws_the_same():
     assert item[0]["content"][1]["text"] == examples[5].question
     assert item[1]["content"][0]["text"] == examples[5].answer
     assert np.array_equal(np.asarray(item[0]["content"][0]["image"]), np.asarray(examples[5].image))
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="7"):
         dataset[7]
 
 

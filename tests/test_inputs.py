@@ -82,9 +82,9 @@ def test_bad_arrays_and_types(case):
     _, processor = build(case)
     with pytest.raises(ValueError, match="channels"):
         processor.image_processor(images=[np.zeros((10, 12, 5), dtype=np.uint8)])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"must be \(H, W\), \(H, W, C\) or \(C, H, W\)|flat list of images"):
         processor.image_processor(images=[np.zeros((2, 3, 10, 12, 3), dtype=np.uint8)])
-    with pytest.raises((TypeError, ValueError)):
+    with pytest.raises((TypeError, ValueError), match="not an image|str"):
         processor.image_processor(images=["not an image"])
 
 
@@ -94,14 +94,14 @@ def test_wrong_pixel_shapes_raise(case):
     pixel_values = batch["pixel_values"]
     wrong = [pixel_values[..., :1, :, :], pixel_values.unsqueeze(0), pixel_values[..., :5]]
     for bad in wrong:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"pixel_values must be|takes views of shape|image_sizes must be"):
             model(**{**batch, "pixel_values": bad})
 
 
 def test_fixed_resolution_rejects_wrong_image_size():
     model, processor = build(("llava", "tiny"))
     batch, _, _ = two_prompt_batch(processor)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"takes views of shape \(num_views, 3, 64, 64\); got \(2, 3, 32, 32\)"):
         model(**{**batch, "pixel_values": torch.zeros(2, 3, 32, 32)})
 
 

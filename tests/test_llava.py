@@ -91,7 +91,10 @@ def test_full_strategy_keeps_the_cls_token():
     text = user_prompt(processor, "What is it?")
     inputs = processor(images=[make_image(50, 40)], text=[text], return_tensors="pt")
     assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 16 + 1
-    assert torch.isfinite(model(**inputs).logits).all()
+    with torch.no_grad():
+        (features,) = model(**inputs).image_outputs.pooler_output
+        hidden = model.vision_tower(inputs["pixel_values"], output_hidden_states=True).hidden_states[-2]
+    torch.testing.assert_close(features, model.multi_modal_projector(hidden)[0])  # CLS row included
 
 
 def test_an_explicit_image_token_wins_over_the_tokenizers():
