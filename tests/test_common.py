@@ -49,7 +49,7 @@ def test_forward_shapes_loss_and_backward(case):
 
 def test_save_and_auto_load_give_identical_logits(case, tmp_path):
     model, processor = build(case)
-    batch, _, _ = two_prompt_batch(processor)
+    batch, images, texts = two_prompt_batch(processor)
     with torch.no_grad():
         expected = model(**batch).logits
     model.save_pretrained(tmp_path)
@@ -60,8 +60,7 @@ def test_save_and_auto_load_give_identical_logits(case, tmp_path):
     assert type(reloaded_processor) is type(processor)
     assert type(reloaded_processor.image_processor) is type(processor.image_processor)
     assert type(AutoImageProcessor.from_pretrained(tmp_path)) is type(processor.image_processor)
-    reloaded_batch = reloaded_processor(images=_images(batch, processor), text=_texts(batch, processor),
-                                        return_tensors="pt", padding=True)
+    reloaded_batch = reloaded_processor(images=images, text=texts, return_tensors="pt", padding=True)
     for key, value in batch.items():
         torch.testing.assert_close(reloaded_batch[key], value, rtol=0, atol=0)
 
@@ -75,15 +74,6 @@ def test_save_and_auto_load_give_identical_logits(case, tmp_path):
     with torch.no_grad():
         hidden = base(**batch).last_hidden_state
     torch.testing.assert_close(model.lm_head(hidden), expected, rtol=0, atol=0)
-
-
-# the images/texts of two_prompt_batch, rebuilt for the reloaded processor
-def _images(batch, processor):
-    return [make_image(80, 48, seed=1), make_image(40, 100, seed=2)]
-
-
-def _texts(batch, processor):
-    return [user_prompt(processor, "What color is the shape?"), user_prompt(processor, "Where is it?")]
 
 
 def test_generate_with_and_without_cache_agree(case):
@@ -210,8 +200,10 @@ def test_stage_summary_is_logged_at_the_default_level(case, caplog):
 def test_stage_naming_a_component_the_model_lacks_raises(case):
     model, _ = build(case)
     table = dict(model.config.component_table)
-    model.config.training_stages = {**model.config.training_stages, "odd": ["qformer"]}
-    with pytest.raises(ValueError, match=r"trains \['qformer'\], which this model does not have"):
+    # a stable component name (DESIGN.md §4) that this family does not have
+    absent = next(name for name in ("qformer", "aux_vision_tower", "fusion", "vision_towers") if name not in table)
+    model.config.training_stages = {**model.config.training_stages, "odd": [absent]}
+    with pytest.raises(ValueError, match=rf"trains \['{absent}'\], which this model does not have"):
         model.set_training_stage("odd")
     assert dict(model.config.component_table) == table
 
@@ -342,7 +334,9 @@ def test_image_hidden_states_is_the_deprecated_alias_of_image_outputs(case):
 def test_mm_encoder_outputs_replace_the_pixels(case):
     model, processor = build(case)
     batch, _, _ = two_prompt_batch(processor)
-    pixels = {key: batch[key] for key in ("pixel_values", "image_sizes") if key in batch}
+    # the pixels and the family's own inputs (image_sizes, qformer_input_ids, ...) go to get_image_features
+    image_inputs = {"pixel_values", *model.model.family_input_names}
+    pixels = {key: value for key, value in batch.items() if key in image_inputs}
     text = {key: value for key, value in batch.items() if key not in pixels}
     with torch.no_grad():
         expected = model(**batch).logits
