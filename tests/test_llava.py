@@ -154,3 +154,23 @@ def test_image_seq_length_is_computed_and_checked():
     assert vlmzoo.ZooLlavaConfig().image_seq_length == 576  # LLaVA 1.5: CLIP ViT-L/14 at 336 px
     with pytest.raises(ValueError, match="image_seq_length=20 disagrees with the 16 tokens one view makes"):
         presets.get_config("llava", "tiny", image_seq_length=20)
+
+
+@pytest.mark.parametrize("scaling", [{"rope_type": "linear", "factor": 4.0}, {"rope_type": "dynamic", "factor": 4.0}])
+def test_rope_scaling_of_the_text_config_reaches_the_language_model(scaling):
+    """transformers' rope-scaling tests pick the base model by its native class name; this is their check here:
+    the text config's rope parameters drive the language model's rotary module, as in the LM built alone."""
+    from transformers import AutoModel
+
+    text = presets.get_config("llava", "tiny").text_config.to_dict()
+    text["rope_parameters"] = {"rope_theta": 10000.0, **scaling}
+    model, _ = build(("llava", "tiny"), text_config=text)
+    alone = AutoModel.from_config(model.config.text_config)
+    rotary = model.language_model.rotary_emb
+    assert rotary.rope_type == scaling["rope_type"] == alone.rotary_emb.rope_type
+    torch.testing.assert_close(rotary.inv_freq, alone.rotary_emb.inv_freq, rtol=0, atol=0)
+    positions = torch.arange(3 * model.config.text_config.max_position_embeddings)[None]
+    x = torch.ones(1, dtype=torch.float32)
+    cos, _ = rotary(x, positions)
+    plain_cos, _ = AutoModel.from_config(presets.get_config("llava", "tiny").text_config).rotary_emb(x, positions)
+    assert not torch.allclose(cos, plain_cos)  # the scaling changes the long-range frequencies
