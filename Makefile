@@ -26,6 +26,10 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest tests -q
 
+# the property-based tests with 1,000 generated cases per property and family (tests/conftest.py profiles)
+test-thorough: venv
+	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest tests -q
+
 # newest releases of everything but torch, in a fresh environment of its own
 test-latest:
 	rm -rf $(LATEST_VENV)
@@ -35,4 +39,4 @@ test-latest:
 	@echo "newest releases under test:"; $(LATEST_VENV)/bin/pip freeze | sed 's/+cpu//' | grep -iE $(SHOWN)
 	$(LATEST_VENV)/bin/python -m pytest tests -q
 
-.PHONY: venv demo test test-latest
+.PHONY: venv demo test test-thorough test-latest

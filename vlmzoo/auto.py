@@ -21,9 +21,18 @@ from transformers import (
 )
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
 
-from .configuration import ZooLlavaConfig
+from .configuration import ZooBlip2Config, ZooInstructBlipConfig, ZooLlavaConfig
+from .modeling.modeling_blip2 import ZooBlip2ForConditionalGeneration, ZooBlip2Model
+from .modeling.modeling_instructblip import ZooInstructBlipForConditionalGeneration, ZooInstructBlipModel
 from .modeling.modeling_llava import ZooLlavaForConditionalGeneration, ZooLlavaModel
-from .processing import ZooAnyResImageProcessor, ZooFixedResImageProcessor, ZooLlavaProcessor
+from .processing import (
+    ZooAnyResImageProcessor,
+    ZooBlip2Processor,
+    ZooFixedResImageProcessor,
+    ZooInstructBlipProcessor,
+    ZooLlavaProcessor,
+    ZooResizeImageProcessor,
+)
 from .registry import Registry
 
 
@@ -70,6 +79,28 @@ register_family(
         for_generation_class=ZooLlavaForConditionalGeneration,
         processor_class=ZooLlavaProcessor,
         image_processor_classes=(ZooFixedResImageProcessor, ZooAnyResImageProcessor),
+    )
+)
+
+register_family(
+    Family(
+        key="blip2",
+        config_class=ZooBlip2Config,
+        model_class=ZooBlip2Model,
+        for_generation_class=ZooBlip2ForConditionalGeneration,
+        processor_class=ZooBlip2Processor,
+        image_processor_classes=(ZooResizeImageProcessor,),
+    )
+)
+
+register_family(
+    Family(
+        key="instructblip",
+        config_class=ZooInstructBlipConfig,
+        model_class=ZooInstructBlipModel,
+        for_generation_class=ZooInstructBlipForConditionalGeneration,
+        processor_class=ZooInstructBlipProcessor,
+        image_processor_classes=(ZooResizeImageProcessor,),
     )
 )
 

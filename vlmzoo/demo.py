@@ -60,8 +60,8 @@ class DemoArguments:
         metadata={"help": "training examples (image + question + answer); 0: as many as the longer stage draws"},
     )
     num_eval: int = field(default=300, metadata={"help": "held-out examples for the accuracy"})
-    stage1_steps: int = field(default=150, metadata={"help": "optimizer steps of stage 1 (align: projector only)"})
-    stage2_steps: int = field(default=1500, metadata={"help": "optimizer steps of stage 2 (instruct: projector + LM)"})
+    stage1_steps: int = field(default=150, metadata={"help": "optimizer steps of stage 1 (the family's align stage)"})
+    stage2_steps: int = field(default=1500, metadata={"help": "optimizer steps of stage 2 (the family's instruct stage)"})
     batch_size: int = field(default=32, metadata={"help": "training batch size"})
     stage1_learning_rate: float = field(default=2e-3, metadata={"help": "peak learning rate of stage 1"})
     stage2_learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate of stage 2"})
@@ -130,6 +130,20 @@ def _llava_demo_size(config) -> tuple[dict, str]:
         "  which the shape questions need (still 16 image tokens)."
     )
     return {"vision_config": vision}, why
+
+
+@DEMO_SIZE_OVERRIDES.register("blip2")
+@DEMO_SIZE_OVERRIDES.register("instructblip")
+def _qformer_demo_size(config) -> tuple[dict, str]:
+    vision = config.vision_config.to_dict()
+    vision.update(image_size=64)
+    stages = {name: list(parts) for name, parts in config.training_stages.items()}
+    stages["instruct"] = [*stages["instruct"], "language_model"]
+    why = (
+        "with two demo overrides: 64 px images (preset: 32), and stage 2 also trains the language model.\n"
+        "  The papers keep a pretrained LLM frozen; this tiny one starts from random weights."
+    )
+    return {"vision_config": vision, "training_stages": stages}, why
 
 
 def build_demo_model(family: str):
@@ -269,8 +283,9 @@ def _run_demo(args: DemoArguments) -> DemoResult:
     print(f"questions about synthetic images: {args.num_train} training / {args.num_eval} held-out examples.")
     print(f"model: preset '{PRESET}' of family '{args.family}' {size_note}")
     print(f"e.g. Q: {eval_examples[0].question}  A: {eval_examples[0].answer}")
-    print("training follows LLaVA's recipe: stage 1 aligns (projector only), stage 2 instruction-tunes")
-    print("(projector + language model); the vision tower stays frozen in both.")
+    stage_parts = {stage: " + ".join(model.config.training_stages[stage]) for stage in ("align", "instruct")}
+    print(f"training follows the {args.family} recipe: stage 1 aligns ({stage_parts['align']}), stage 2 "
+          f"instruction-tunes\n({stage_parts['instruct']}); every other component stays frozen.")
     print(f"chance level (uniform guess per question type): {chance:.1%}\n")
 
     accuracies = {"before training": evaluate_accuracy(model, processor, eval_examples)}
@@ -279,14 +294,14 @@ def _run_demo(args: DemoArguments) -> DemoResult:
     stages = []
     dataset = SyntheticVQADataset(args.num_train, seed=args.seed, image_size=image_size)
     plan = [
-        ("align", args.stage1_steps, args.stage1_learning_rate, "after stage 1", "projector only", ""),
+        ("align", args.stage1_steps, args.stage1_learning_rate, "after stage 1", stage_parts["align"], ""),
         (
             "instruct",
             args.stage2_steps,
             args.stage2_learning_rate,
             "after stage 2",
-            "projector + language model",
-            "\n    (LLaVA tunes a pretrained LLM at 2e-5; this tiny LM starts from random weights)",
+            stage_parts["instruct"],
+            "\n    (the papers tune pretrained models at ~1e-5; this tiny model starts from random weights)",
         ),
     ]
     with tempfile.TemporaryDirectory() as work_dir:
@@ -298,7 +313,7 @@ def _run_demo(args: DemoArguments) -> DemoResult:
             if report.losses:
                 print(f"    loss {report.losses[0]:.3f} -> {report.losses[-1]:.3f} in {report.seconds:.0f} s")
             if stage == "align":
-                print("    (the loss barely moves: the projector aligns to a random LM here, LLaVA's is pretrained)")
+                print("    (the loss barely moves: the projector aligns to a random LM here, the papers' is pretrained)")
             accuracies[label] = evaluate_accuracy(model, processor, eval_examples)
             print(format_accuracy(label, accuracies[label]))
 

@@ -9,6 +9,7 @@ a chat template that wraps assistant replies in ``{% generation %}`` (so trainin
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -54,15 +55,18 @@ def _tiny_tokenizer_json(vocab_size: int) -> str:
     return tokenizer.to_str()
 
 
-def build_tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A small byte-level BPE tokenizer (every string encodes) with ``<image>`` and the chat template."""
+def build_tiny_tokenizer(vocab_size: int = 512, padding_side: str = "left") -> PreTrainedTokenizerFast:
+    """A small byte-level BPE tokenizer (every string encodes) with ``<image>`` and the chat template.
+
+    ``padding_side="right"`` for encoders with absolute positions (InstructBLIP's Q-Former tokenizer).
+    """
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json(vocab_size)),
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>",
         extra_special_tokens={"image_token": IMAGE_TOKEN},
-        padding_side="left",
+        padding_side=padding_side,
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
@@ -172,6 +176,142 @@ def _llava_next_7b() -> dict:
     }
 
 
+# ----- Q-Former families: BLIP-2 (MiniGPT-4 as a preset) and InstructBLIP ---------------------------------
+_TINY_BLIP_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": 32,
+    "patch_size": 8,
+}
+_TINY_QFORMER = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "cross_attention_frequency": 1,
+}
+
+
+def _tiny_opt_config(tokenizer: PreTrainedTokenizerFast) -> dict:
+    return {
+        "model_type": "opt",
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "word_embed_proj_dim": 64,
+        "ffn_dim": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 512,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+@_preset("blip2", "tiny")
+def _blip2_tiny(**overrides) -> dict:
+    """BLIP-2 OPT in miniature: ViT 32 px / patch 8, a 2-layer Q-Former with 8 queries, a 2-layer OPT."""
+    tokenizer = build_tiny_tokenizer()
+    return {
+        "vision_config": dict(_TINY_BLIP_VISION),
+        "qformer_config": dict(_TINY_QFORMER),
+        "text_config": _tiny_opt_config(tokenizer),
+        "num_query_tokens": 8,
+        "image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        **overrides,
+    }
+
+
+@_preset("blip2", "tiny-llama")
+def _blip2_tiny_llama() -> dict:
+    """BLIP-2 with a 2-layer Llama (the decoder family of BLIP-2 Vicuna / MiniGPT-4)."""
+    return _blip2_tiny(text_config=_tiny_text_config(build_tiny_tokenizer()))
+
+
+# MiniGPT-4: frozen ViT and Q-Former; one linear projection into a LLaMA-family LM trains in both stages
+# (stage 1 lr 1e-4 on image-text pairs, stage 2 lr 3e-5 on the curated conversations)
+MINIGPT4_STAGES = {
+    "qformer_pretrain": ["qformer"],
+    "align": ["multi_modal_projector"],
+    "instruct": ["multi_modal_projector"],
+    "full": ["vision_tower", "qformer", "multi_modal_projector", "language_model"],
+}
+
+
+@_preset("blip2", "tiny-minigpt4")
+def _blip2_tiny_minigpt4() -> dict:
+    """MiniGPT-4 in miniature: BLIP-2's layout, a Llama LM, only the projection trains."""
+    return {**_blip2_tiny_llama(), "training_stages": {k: list(v) for k, v in MINIGPT4_STAGES.items()}}
+
+
+def _opt(hidden: int, layers: int, heads: int) -> dict:
+    return {
+        "model_type": "opt",
+        "vocab_size": 50272,
+        "hidden_size": hidden,
+        "word_embed_proj_dim": hidden,
+        "ffn_dim": 4 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "max_position_embeddings": 2048,
+        "bos_token_id": 2,
+        "eos_token_id": 50118,
+        "pad_token_id": 1,
+    }
+
+
+@_preset("blip2", "blip2-opt-2.7b")
+def _blip2_opt_27b() -> dict:
+    """BLIP-2 OPT-2.7b: EVA ViT-g/14 at 224 px, 32 queries, OPT-2.7b (``<image>`` added as id 50265)."""
+    return {"text_config": _opt(2560, 32, 32), "num_query_tokens": 32, "image_token_id": 50265}
+
+
+@_preset("blip2", "minigpt4-vicuna-13b")
+def _minigpt4_13b() -> dict:
+    """MiniGPT-4 (Vicuna-13B): BLIP-2's frozen ViT-g + Q-Former (32 queries), one trainable Linear(768 -> 5120)."""
+    return {
+        "text_config": _vicuna(5120, 40, 40, 13824),
+        "num_query_tokens": 32,
+        "image_token_id": 32000,
+        "training_stages": {k: list(v) for k, v in MINIGPT4_STAGES.items()},
+    }
+
+
+@_preset("blip2", "minigpt4-vicuna-7b")
+def _minigpt4_7b() -> dict:
+    """MiniGPT-4 (Vicuna-7B): as the 13B preset with Vicuna-7B."""
+    return {**_minigpt4_13b(), "text_config": _vicuna(4096, 32, 32, 11008)}
+
+
+@_preset("instructblip", "tiny")
+def _instructblip_tiny(**overrides) -> dict:
+    """InstructBLIP in miniature: the tiny BLIP-2 layout with an instruction-aware Q-Former and a 2-layer Llama."""
+    tokenizer = build_tiny_tokenizer()
+    qformer = {**_TINY_QFORMER, "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+               "max_position_embeddings": 512}
+    return {
+        "vision_config": dict(_TINY_BLIP_VISION),
+        "qformer_config": qformer,
+        "text_config": _tiny_text_config(tokenizer),
+        "num_query_tokens": 8,
+        "image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        **overrides,
+    }
+
+
+@_preset("instructblip", "instructblip-vicuna-7b")
+def _instructblip_vicuna_7b() -> dict:
+    """InstructBLIP Vicuna-7B: EVA ViT-g/14, instruction-aware Q-Former (BERT vocabulary + [DEC]), Vicuna-7B."""
+    return {
+        "qformer_config": {"vocab_size": 30523},
+        "text_config": {**_vicuna(4096, 32, 32, 11008), "vocab_size": 32001},
+        "num_query_tokens": 32,
+        "image_token_id": 32000,
+    }
+
+
 def preset_names(family: str) -> list[str]:
     """The presets a family has."""
     return [key.split("/", 1)[1] for key in PRESETS.keys() if key.startswith(f"{family}/")]
@@ -189,4 +329,8 @@ def get_processor(family: str, preset: str = "tiny", config=None):
     """Processor matching ``get_config(family, preset)``: the tiny tokenizer and the right image processor."""
     config = config if config is not None else get_config(family, preset)
     # every family's processor class builds itself from a model config (one place: presets, converters, docs)
-    return get_family(family).processor_class.from_model_config(config, build_tiny_tokenizer())
+    processor_class = get_family(family).processor_class
+    extras = {}
+    if "qformer_tokenizer" in inspect.signature(processor_class.from_model_config).parameters:
+        extras["qformer_tokenizer"] = build_tiny_tokenizer(padding_side="right")  # InstructBLIP's second tokenizer
+    return processor_class.from_model_config(config, build_tiny_tokenizer(), **extras)

@@ -7,6 +7,12 @@ A family config subclasses :class:`ZooVLMConfig`, declares its ``sub_configs_def
 belongs to exactly one component) and its paper's recipe (``default_training_stages`` and
 ``recipe_learning_rates``). ``training_stages`` stored in the config (and in ``config.json``) overrides
 the recipe; every stage is checked against the component table.
+
+Fields every family shares are validated here at construction, with a message that says what to change:
+``image_token_id`` inside the text vocabulary, a ``vision_config`` that describes a vision model and a
+``text_config`` that describes a language model, and (for families that have them) ``vision_feature_layer``
+within the tower's hidden states (``num_hidden_layers + 1`` entries, negative indices from the end) and a known
+``vision_feature_select_strategy``.
 """
 
 from __future__ import annotations
@@ -15,6 +21,32 @@ from typing import ClassVar
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from ..processing.image_transforms import dropped_tokens
+
+# attributes by which a sub-config shows that it describes a vision model (CLIP, SigLIP, ConvNeXt, Qwen2-VL, ...)
+VISION_CONFIG_MARKERS = ("image_size", "patch_size", "num_channels", "in_channels", "in_chans")
+
+
+def check_feature_layers(layers, num_hidden_layers: int, name: str = "vision_feature_layer") -> list[int]:
+    """The hidden-state indices in ``layers`` (an int or a non-empty list of ints), each checked against a tower
+    whose ``hidden_states`` has ``num_hidden_layers + 1`` entries (embeddings first; negative indices count from
+    the end). ``ValueError`` / ``TypeError`` say which index is wrong and what the valid range is."""
+    requested = [layers] if isinstance(layers, int) and not isinstance(layers, bool) else layers
+    if not isinstance(requested, (list, tuple)) or not requested:
+        raise TypeError(f"{name} must be an int or a non-empty list of ints, got {layers!r}")
+    states = num_hidden_layers + 1
+    for layer in requested:
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"{name} must hold ints, got {layer!r} in {layers!r}")
+        if not -states <= layer < states:
+            raise ValueError(
+                f"{name}={layers!r}: index {layer} is outside the vision tower's {states} hidden states "
+                f"({num_hidden_layers} layers + the embeddings); use an index in [{-states}, {states - 1}], e.g. -2 "
+                f"for the second-to-last layer"
+            )
+    return list(requested)
 
 
 @strict
@@ -43,6 +75,7 @@ class ZooVLMConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        self._check_shared_fields()
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
         if self.training_stages is None:
@@ -56,3 +89,36 @@ class ZooVLMConfig(PreTrainedConfig):
                     f"training stage '{stage}' names unknown components {unknown}; "
                     f"valid components: {list(self.component_table)}"
                 )
+
+    def _check_shared_fields(self) -> None:
+        """The sub-configs' kinds, the image token and the vision feature selection (see the module docstring)."""
+        vision, text = self.vision_config, self.text_config
+        if vision is not None:
+            vision_type = getattr(vision, "model_type", type(vision).__name__)
+            if vision_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or not any(
+                hasattr(vision, marker) for marker in VISION_CONFIG_MARKERS
+            ):
+                raise ValueError(
+                    f"vision_config is a '{vision_type}' config, which does not describe a vision model (it has none of "
+                    f"{', '.join(VISION_CONFIG_MARKERS)}); pass the vision tower's config (e.g. clip_vision_model, "
+                    f"siglip_vision_model) as vision_config and the language model's as text_config"
+                )
+        vocab_size = getattr(text, "vocab_size", None) if text is not None else None
+        if text is not None and not isinstance(vocab_size, int):
+            raise ValueError(
+                f"text_config is a '{getattr(text, 'model_type', type(text).__name__)}' config without a vocab_size, "
+                f"which does not describe a language model; pass the language model's config as text_config"
+            )
+        if self.image_token_id is not None and vocab_size is not None and not 0 <= self.image_token_id < vocab_size:
+            raise ValueError(
+                f"image_token_id={self.image_token_id} is outside the text vocabulary (vocab_size={vocab_size}); use the "
+                f"tokenizer's image token id, and when the token was added to the tokenizer, grow text_config.vocab_size "
+                f"(and the embeddings) to len(tokenizer)"
+            )
+        layers = getattr(self, "vision_feature_layer", None)
+        depth = getattr(vision, "num_hidden_layers", None)
+        if layers is not None and isinstance(depth, int):
+            check_feature_layers(layers, depth)
+        strategy = getattr(self, "vision_feature_select_strategy", None)
+        if strategy is not None:
+            dropped_tokens(strategy)  # ValueError naming the valid strategies

@@ -61,7 +61,8 @@ class ZooLlavaConfig(ZooVLMConfig):
             model_type="clip_vision_model",
             init_kwargs=CLIP_VIT_L_336,
         ),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+        # Vicuna's 32000 tokens + LLaVA's <image> and padding, as llava-1.5 checkpoints have (image_token_id 32000)
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama", init_kwargs={"vocab_size": 32064}),
     }
     component_table: ClassVar[dict[str, tuple[str, ...]]] = {
         "vision_tower": ("vision_tower",),

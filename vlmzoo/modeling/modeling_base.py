@@ -40,6 +40,14 @@ from transformers.utils import TransformersKwargs, is_torchdynamo_compiling, log
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
+from .input_checks import (
+    check_family_inputs,
+    check_generation_mask,
+    check_labels,
+    check_pixel_input,
+    check_text_inputs,
+)
+
 logger = logging.get_logger(__name__)
 
 
@@ -237,6 +245,12 @@ class ZooVLMModel(ZooPreTrainedModel):
         names = _family_input_names(cls)
         if names and "forward" not in cls.__dict__:
             cls.forward = _with_family_inputs(ZooVLMModel.forward, names)
+        # the feature functions check their pixels (and image_sizes) themselves: generate() calls them directly
+        for modality, pixel_name in cls.modality_pixel_inputs.items():
+            method = f"get_{modality}_features"
+            function = cls.__dict__.get(method)
+            if function is not None and not getattr(function, "_zoo_checked", False):
+                setattr(cls, method, _checked_feature_function(function, pixel_name))
 
     def __init__(self, config: PreTrainedConfig):
         super().__init__(config)
@@ -326,6 +340,19 @@ class ZooVLMModel(ZooPreTrainedModel):
         features = features.to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(mask.unsqueeze(-1), features)
 
+    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, pixel_inputs) -> None:
+        """Refuse inputs the model cannot compute, with the cause (``input_checks``; cheap, compile-safe)."""
+        # runs on every decode step: read the sub-config directly (get_text_config() costs ~20 us per call)
+        text_config = getattr(self.config, "text_config", None) or self.config.get_text_config()
+        vocab_size = getattr(self.get_input_embeddings(), "num_embeddings", None) or text_config.vocab_size
+        check_text_inputs(
+            input_ids, inputs_embeds, attention_mask, cache is not None, vocab_size, text_config.hidden_size,
+            getattr(self.config, "image_token_id", None), position_ids,
+        )  # fmt: skip
+        for name, pixels in pixel_inputs.items():
+            if pixels is not None:
+                check_pixel_input(name, pixels)
+
     # ----- forward ------------------------------------------------------------------------------------
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -350,6 +377,7 @@ class ZooVLMModel(ZooPreTrainedModel):
         for name in self.modality_pixel_inputs.values():
             if name != "pixel_values":
                 pixel_inputs[name] = kwargs.pop(name, None)
+        self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, cache, pixel_inputs)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
@@ -386,6 +414,24 @@ class ZooVLMModel(ZooPreTrainedModel):
         )
 
 
+def _checked_feature_function(function, pixel_name: str):
+    """``get_<modality>_features`` that first checks its pixels (a floating tensor) and, for images, the family
+    inputs that describe them (``image_sizes``); the signature stays the family's (``inspect`` follows
+    ``__wrapped__``)."""
+
+    @functools.wraps(function)
+    def checked(self, *args, **kwargs):
+        pixels = args[0] if args else kwargs.get(pixel_name)
+        if pixels is not None:
+            check_pixel_input(pixel_name, pixels)
+            if pixel_name == "pixel_values":
+                check_family_inputs(kwargs, pixels)
+        return function(self, *args, **kwargs)
+
+    checked._zoo_checked = True
+    return checked
+
+
 @functools.cache
 def _accepted_keywords(model_class: type, method: str) -> frozenset[str]:
     return frozenset(inspect.signature(getattr(model_class, method)).parameters)
@@ -418,7 +464,18 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
         self.model = self.base_model_class(config)
         text_config = config.get_text_config()
         self.lm_head = nn.Linear(text_config.hidden_size, text_config.vocab_size, bias=False)
+        # the tied source is wherever the language model keeps its input embeddings (Llama: `embed_tokens`,
+        # OPT: `decoder.embed_tokens`); an instance attribute, read by post_init's tie bookkeeping
+        self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{self._input_embeddings_path()}.weight"}
         self.post_init()
+
+    def _input_embeddings_path(self) -> str:
+        """Module path of the input embeddings inside the language model (e.g. ``decoder.embed_tokens``)."""
+        embeddings = self.model.language_model.get_input_embeddings()
+        for name, module in self.model.language_model.named_modules():
+            if module is embeddings:
+                return name
+        raise ValueError("the language model's input embeddings are not one of its modules; cannot tie lm_head")
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
@@ -440,6 +497,7 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
 
         generate() then extends them step by step (every leading stream + 1), and chunked prefill slices them.
         """
+        check_generation_mask(model_kwargs.get("attention_mask"), inputs_tensor)
         text_positions = super()._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
         if type(self.model).compute_position_ids is ZooVLMModel.compute_position_ids:
             return text_positions
@@ -475,6 +533,10 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
     ) -> tuple | ZooVLMCausalLMOutputWithPast:
         base = self.base_model_class
         family_inputs = {name: kwargs.pop(name) for name in _family_input_names(base) if name in kwargs}
+        if labels is not None:
+            inputs = input_ids if input_ids is not None else inputs_embeds
+            if isinstance(inputs, torch.Tensor) and inputs.dim() >= 2:
+                check_labels(labels, inputs.shape[0], inputs.shape[1])
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,

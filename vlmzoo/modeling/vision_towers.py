@@ -33,6 +33,7 @@ from ..processing.image_transforms import (  # noqa: F401  (torch-free facts the
     tokens_per_view,
     tower_extra_tokens,
 )
+from ..configuration.configuration_base import check_feature_layers
 from ..registry import Registry
 
 def build_vision_tower(vision_config: PreTrainedConfig) -> nn.Module:
@@ -53,7 +54,10 @@ def select_vision_features(
     Returns (num_views, tokens - dropped, width * num_feature_layers).
     """
     dropped = dropped_tokens(select_strategy)
-    layers = [feature_layer] if isinstance(feature_layer, int) else list(feature_layer)
+    # ValueError naming the valid range for a per-call override beyond the tower's depth (not an IndexError)
+    if not isinstance(feature_layer, int) and not feature_layer:
+        raise TypeError(f"vision_feature_layer must be an int or a non-empty list of ints, got {feature_layer!r}")
+    layers = check_feature_layers(feature_layer, len(hidden_states) - 1)
     selected = [hidden_states[layer][:, dropped:] for layer in layers]
     return selected[0] if len(selected) == 1 else torch.cat(selected, dim=-1)
 

@@ -20,13 +20,18 @@ def _jinja_string(text: str) -> str:
 
 
 def vicuna_chat_template(
-    system_prompt: str | None = VICUNA_V1_SYSTEM, user_end: str = " ", assistant_end: str = ""
+    system_prompt: str | None = VICUNA_V1_SYSTEM,
+    user_end: str = " ",
+    assistant_end: str = "",
+    image_placeholder: str = "<image>\n",
 ) -> str:
     """A ``USER: … ASSISTANT: …`` template.
 
     system_prompt: written first when the conversation has no system message (``None``: nothing); a system
         message's text replaces it, followed by a space.
     user_end / assistant_end: what closes a user turn / an assistant turn (after its end-of-sequence token).
+    image_placeholder: what an image part writes (``""`` for the Q-Former families, whose processor puts the
+        image tokens before the prompt).
     """
     default_system = "" if system_prompt is None else "{{- " + _jinja_string(system_prompt + " ") + " -}}"
     return (
@@ -46,7 +51,7 @@ def vicuna_chat_template(
         "{%- else -%}"
         "{{- 'USER: ' -}}"
         "{%- for part in parts -%}"
-        "{%- if part['type'] == 'image' -%}{{- '<image>\\n' -}}"
+        "{%- if part['type'] == 'image' -%}{{- " + _jinja_string(image_placeholder) + " -}}"
         "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
         "{%- endfor -%}{{- " + _jinja_string(user_end) + " -}}"
         "{%- endif -%}"

@@ -1,17 +1,37 @@
 """Input checks shared by every vlmzoo image processor (PIL backend of transformers).
 
-Every image goes through :func:`prepare_image` before transformers' ``PilBackend`` sees it: PIL modes are
-converted the right way (16-bit grayscale is scaled to 8 bits instead of clipped; alpha and palette
-transparency are composited onto white by transformers), ambiguous modes are refused, and empty images
-or arrays of the wrong shape raise ``ValueError`` naming the problem instead of failing deep in numpy.
+Every image goes through two steps before transformers' ``PilBackend`` sees it:
+
+- :func:`load_image_input` (from ``fetch_images``, before the batch structure is read): file paths, ``pathlib``
+  paths, http(s) URLs (with a timeout; a failed fetch raises ``ConnectionError`` naming the URL) and base64
+  strings are opened as PIL images *in their own mode*, so they take exactly the mode handling an opened image
+  takes (transformers' own loader converts to RGB first: black behind transparency, 16-bit clipped); torch
+  tensors become numpy arrays; a 2-D (H, W) array becomes a one-channel (1, H, W) image.
+- :func:`prepare_image` (per image): PIL modes are converted the right way (16-bit grayscale is scaled to 8 bits
+  instead of clipped; alpha and palette transparency are composited onto white by transformers), ambiguous
+  modes are refused, and empty images or arrays of the wrong shape raise ``ValueError`` naming the problem.
+  Array values are read by dtype: ``uint8`` as is; ``uint16`` scaled to 8 bits like a 16-bit PNG; other
+  integers (and ``bool``) must lie in 0..255 (``True`` is 255); floats in [0, 1] are taken as already scaled and
+  brought to 0..255 before the usual 1/255 rescale (so ``x`` as ``uint8`` and ``x / 255`` as float give equal
+  pixel values), floats with values above 1 as 0..255. With ``do_rescale=False`` float arrays pass unchanged
+  (transformers' convention for pre-scaled input). NaN, infinite or out-of-range values are refused. A 3-D
+  array whose shape reads both as channels-first and channels-last (e.g. a 3 pixel tall (3, W, 3) array, which
+  transformers would silently read as channels-first) is refused unless ``input_data_format`` says which.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
+import os
+
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+from huggingface_hub.utils import httpx
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ChannelDimension, PILImageResampling
 
 from ..registry import Registry
 
@@ -44,8 +64,143 @@ def _check_array(image: np.ndarray | torch.Tensor) -> None:
         raise ValueError(f"empty image: array of shape {tuple(image.shape)} has no pixels")
 
 
-def prepare_image(image):
-    """Validate one image (PIL, numpy or torch) and convert PIL modes transformers would mishandle."""
+# seconds an image URL may take to answer; ZooImageInputMixin.image_fetch_timeout overrides it per processor
+IMAGE_FETCH_TIMEOUT = 10.0
+# channel counts transformers recognises on either end of a 3-D array
+CHANNEL_COUNTS = (1, 3, 4)
+
+
+class OneChannelFirst(np.ndarray):
+    """A (1, H, W) view of a user's 2-D (H, W) array: its channel axis is known to be the first one."""
+
+
+def channel_layout(image: np.ndarray) -> ChannelDimension | None:
+    """The channel axis of a 3-D array when it is certain, ``None`` when the shape allows both readings.
+
+    ``ValueError`` for such ambiguous shapes (e.g. a 1, 3 or 4 pixel tall (H, W, 3) array, which transformers
+    would silently read as channels-first) comes from :class:`ZooImageInputMixin` unless ``input_data_format``
+    says which it is.
+    """
+    first, last = image.shape[0] in CHANNEL_COUNTS, image.shape[-1] in CHANNEL_COUNTS
+    if first and last:
+        return None
+    return ChannelDimension.FIRST if first else ChannelDimension.LAST
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _open_image_bytes(data: bytes, source: str) -> PIL.Image.Image:
+    """A PIL image decoded from ``data`` (EXIF orientation applied), in its own mode."""
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as opened:
+            opened.load()
+            image = PIL.ImageOps.exif_transpose(opened)
+            return opened.copy() if image is opened else image
+    except PIL.UnidentifiedImageError:
+        raise ValueError(f"{source} is not an image in a format PIL can read") from None
+    except OSError as error:
+        raise ValueError(f"{source} is not a readable image: {error}") from None
+
+
+def load_image_source(source: str | os.PathLike, timeout: float = IMAGE_FETCH_TIMEOUT) -> PIL.Image.Image:
+    """Open a file path, an http(s) URL or a base64 string (``data:image/...;base64,`` prefix optional) as a PIL
+    image in its own mode; :func:`prepare_image` then converts the mode as for any opened image."""
+    source = os.fspath(source)
+    if source.startswith(("http://", "https://")):
+        try:
+            response = httpx.get(source, timeout=timeout, follow_redirects=True)
+            response.raise_for_status()
+        except httpx.HTTPError as error:
+            raise ConnectionError(
+                f"could not fetch the image at {source} (timeout {timeout:g} s): {error or type(error).__name__}. "
+                f"Check the URL, or download the image and pass the file or the opened image."
+            ) from None
+        return _open_image_bytes(response.content, f"the content of {source}")
+    if os.path.isfile(source):
+        with open(source, "rb") as file:
+            return _open_image_bytes(file.read(), f"the file {source}")
+    if os.path.isdir(source):
+        raise ValueError(f"image path {source} is a directory; pass one image file per image")
+    encoded = source.split(",", 1)[1] if source.startswith("data:image/") else source
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        data = b""
+    if not data:
+        raise ValueError(
+            f"image {_short(source)!r} is not an existing file, an http(s) URL or base64 image data; pass a path that "
+            f"exists, a URL, or the opened image"
+        )
+    return _open_image_bytes(data, "the base64 image data")
+
+
+def load_image_input(image, timeout: float = IMAGE_FETCH_TIMEOUT):
+    """One image as given by a user -> PIL image or numpy array, before the batch structure is read.
+
+    Strings and paths are opened in their own mode (see :func:`load_image_source`); tensors become numpy arrays
+    (detached, on the CPU, half precision as float32); a 2-D (H, W) array becomes channel-first (1, H, W), which
+    transformers reads as grayscale. Anything else that is not an image raises ``TypeError``.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return load_image_source(image, timeout=timeout)
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        if tensor.dtype in (torch.bfloat16, torch.float16):
+            tensor = tensor.float()
+        image = tensor.numpy()
+    if isinstance(image, np.ndarray):
+        # (H, W) -> (1, H, W): one channel first, unambiguous for transformers' channel inference
+        return image[None].view(OneChannelFirst) if image.ndim == 2 else image
+    if isinstance(image, PIL.Image.Image):
+        return image
+    raise TypeError(
+        f"images must be PIL images, numpy arrays, torch tensors, file paths or http(s) URLs; got "
+        f"{type(image).__name__}"
+    )
+
+
+def _array_to_eight_bit(image: np.ndarray, do_rescale: bool) -> np.ndarray:
+    """Bring array values to the 0..255 range transformers' PIL backend expects, deciding by dtype."""
+    dtype = image.dtype
+    if dtype == np.uint8:
+        return image
+    if dtype == np.bool_:
+        return image.astype(np.uint8) * 255
+    if dtype == np.uint16:
+        # as a 16-bit PNG: 65535 -> 255
+        return np.round(image.astype(np.float64) / 257.0).astype(np.uint8)
+    if np.issubdtype(dtype, np.integer):
+        low, high = int(image.min()), int(image.max())
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"integer image values must lie in 0..255 (uint16 arrays are read as 16-bit); got {dtype} values in "
+                f"[{low}, {high}]"
+            )
+        return image.astype(np.uint8)
+    if np.issubdtype(dtype, np.floating):
+        if not np.isfinite(image).all():
+            raise ValueError("the image array holds NaN or infinite values")
+        if not do_rescale:
+            return image  # the caller says the values are already scaled (transformers' convention)
+        low, high = float(image.min()), float(image.max())
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"float image values must lie in [0, 1] (already scaled) or [0, 255]; got values in [{low:g}, {high:g}]"
+            )
+        scale = 255.0 if high <= 1.0 else 1.0
+        return np.round(image.astype(np.float64) * scale).astype(np.uint8)
+    raise TypeError(f"unsupported image array dtype {dtype}; use uint8, uint16 or float values")
+
+
+def prepare_image(image, do_rescale: bool = True):
+    """Validate one image (PIL, numpy or torch) and convert PIL modes and array dtypes transformers would mishandle.
+
+    ``do_rescale``: whether the 1/255 rescale follows; float arrays are brought to 0..255 only then.
+    """
+    if isinstance(image, (torch.Tensor, str, os.PathLike)) or (isinstance(image, np.ndarray) and image.ndim == 2):
+        image = load_image_input(image)
     if isinstance(image, PIL.Image.Image):
         if image.width == 0 or image.height == 0:
             raise ValueError(f"empty image: {image.width}x{image.height} pixels")
@@ -55,9 +210,9 @@ def prepare_image(image):
                 f"{', '.join(SUPPORTED_PIL_MODES)} first, e.g. image.convert('RGB') after scaling its values to 0..255"
             )
         return _PIL_MODE_CONVERTERS.get(image.mode)(image)
-    if isinstance(image, (np.ndarray, torch.Tensor)):
+    if isinstance(image, np.ndarray):
         _check_array(image)
-        return image
+        return _array_to_eight_bit(image, do_rescale)
     raise TypeError(f"images must be PIL images, numpy arrays or torch tensors, got {type(image).__name__}")
 
 
@@ -79,11 +234,34 @@ class ZooClipViewDefaults:
 
 
 class ZooImageInputMixin:
-    """Runs :func:`prepare_image` on every image before the transformers backend processes it, and gives
-    subclasses the standard per-view pipeline (resize, centre crop, rescale, normalise)."""
+    """Opens paths and URLs in their own mode (:func:`load_image_input`), runs :func:`prepare_image` on every
+    image before the transformers backend processes it, and gives subclasses the standard per-view pipeline
+    (resize, centre crop, rescale, normalise)."""
+
+    image_fetch_timeout: float = IMAGE_FETCH_TIMEOUT
+
+    def fetch_images(self, images):
+        """``images`` with the same nesting, each leaf opened / converted by :func:`load_image_input`."""
+        if isinstance(images, (list, tuple)):
+            return [self.fetch_images(image) for image in images]
+        return load_image_input(images, timeout=self.image_fetch_timeout)
 
     def process_image(self, image, *args, **kwargs):
-        return super().process_image(prepare_image(image), *args, **kwargs)
+        do_rescale = kwargs.get("do_rescale")
+        prepared = prepare_image(image, do_rescale=True if do_rescale is None else bool(do_rescale))
+        if isinstance(prepared, OneChannelFirst):
+            kwargs["input_data_format"] = ChannelDimension.FIRST  # a 2-D array made (1, H, W) here
+            prepared = np.asarray(prepared)
+        elif isinstance(prepared, np.ndarray) and prepared.ndim == 3 and kwargs.get("input_data_format") is None:
+            layout = channel_layout(prepared)
+            if layout is None:
+                raise ValueError(
+                    f"an image array of shape {tuple(prepared.shape)} reads as channels-first and as channels-last; "
+                    f"pass input_data_format='channels_first' or 'channels_last' to say which"
+                )
+            kwargs["input_data_format"] = layout
+            prepared = np.asarray(prepared)
+        return super().process_image(prepared, *args, **kwargs)
 
     def finish_view(
         self,

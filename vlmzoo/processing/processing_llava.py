@@ -9,17 +9,18 @@ divides by ratio^2). AnyRes: base view + un-padded tile grid + one newline per f
 
 from __future__ import annotations
 
-from transformers.processing_utils import MultiModalData, ProcessorMixin
+from transformers.processing_utils import MultiModalData
 
 from ..projector_tokens import projector_keeps_grid, projector_num_tokens, projector_options
 from .image_processing_anyres import ZooAnyResImageProcessor
 from .image_processing_fixed import ZooFixedResImageProcessor
 from .image_transforms import anyres_num_tokens, dropped_tokens, tokens_per_view, tower_extra_tokens
+from .processing_common import ZooProcessorMixin
 
 DEFAULT_IMAGE_TOKEN = "<image>"
 
 
-class ZooLlavaProcessor(ProcessorMixin):
+class ZooLlavaProcessor(ZooProcessorMixin):
     r"""
     Args:
         image_processor: a ``ZooFixedResImageProcessor`` (LLaVA 1.0/1.5) or ``ZooAnyResImageProcessor`` (NeXT).

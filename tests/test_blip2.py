@@ -1,0 +1,287 @@
+"""The Q-Former families (BLIP-2, MiniGPT-4 preset, InstructBLIP) against transformers' reference classes.
+
+Tiny random transformers ``Blip2ForConditionalGeneration`` (OPT and Llama LMs) and
+``InstructBlipForConditionalGeneration`` references are built here, saved with transformers' own processors and
+converted with ``convert_blip2`` / ``convert_instructblip``. The converted directory loads with the Auto classes;
+its processor's outputs equal transformers' (single prompts and right-padded batches), logits agree to 1e-5 in
+fp32 and greedy generation is identical. Also: the recipes (BLIP-2 / InstructBLIP / MiniGPT-4 stages), the
+paper-size presets and the processor's and model's errors on bad input.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    Blip2Config,
+    Blip2ForConditionalGeneration,
+    Blip2Processor,
+    InstructBlipConfig,
+    InstructBlipForConditionalGeneration,
+    InstructBlipProcessor,
+    PreTrainedTokenizerFast,
+)
+from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+import vlmzoo
+from vlmzoo import presets
+from vlmzoo.cli import main as cli_main
+from vlmzoo.conversion_scripts import convert_blip2, convert_instructblip
+from vlmzoo.training import recipe_learning_rate
+
+from helpers import make_image
+
+SUMMARY = re.compile(r"^converted (\d+) tensors, (\d+) unused, (\d+) missing$", re.MULTILINE)
+PROMPTS = ["Question: what color is the shape? Answer:", "Describe the image."]
+PARITY_ATOL = 1e-5
+
+
+def _reference_tokenizer(padding_side: str) -> PreTrainedTokenizerFast:
+    """The tiny BPE without an ``image_token`` attribute: transformers' processors then add ``<image>`` themselves
+    (it is already in the vocabulary, so its id stays)."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(presets._tiny_tokenizer_json(512)),
+        bos_token="<s>", eos_token="</s>", pad_token="<pad>", padding_side=padding_side,
+    )  # fmt: skip
+
+
+def _randomise_queries(model) -> None:
+    # transformers initialises query_tokens to zeros, which would hide a mis-mapped tensor
+    with torch.no_grad():
+        model.query_tokens.normal_(0, 0.5)
+
+
+def _save_reference(family: str, preset: str, directory):
+    """A tiny random transformers reference + its processor saved in ``directory``; returns both."""
+    zoo = presets.get_config(family, preset)
+    torch.manual_seed(0)
+    sub_configs = dict(
+        vision_config=zoo.vision_config.to_dict(),
+        qformer_config=zoo.qformer_config.to_dict(),
+        text_config=zoo.text_config.to_dict(),
+        num_query_tokens=zoo.num_query_tokens,
+        image_token_index=zoo.image_token_id,
+    )
+    image_processor = BlipImageProcessorPil(size={"height": zoo.vision_config.image_size, "width": zoo.vision_config.image_size})
+    if family == "blip2":
+        model = Blip2ForConditionalGeneration(Blip2Config(**sub_configs)).eval()
+        processor = Blip2Processor(image_processor, _reference_tokenizer("right"), num_query_tokens=zoo.num_query_tokens)
+    else:
+        model = InstructBlipForConditionalGeneration(InstructBlipConfig(**sub_configs)).eval()
+        processor = InstructBlipProcessor(
+            image_processor, _reference_tokenizer("right"), _reference_tokenizer("right"),
+            num_query_tokens=zoo.num_query_tokens,
+        )  # fmt: skip
+    _randomise_queries(model)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return model, processor
+
+
+CONVERTERS = {"blip2": convert_blip2, "instructblip": convert_instructblip}
+PARITY_CASES = [("blip2", "tiny"), ("blip2", "tiny-llama"), ("instructblip", "tiny")]
+
+
+@pytest.fixture(scope="module", params=PARITY_CASES, ids=lambda case: "-".join(case))
+def converted(request, tmp_path_factory):
+    family, preset = request.param
+    source, output = tmp_path_factory.mktemp("reference"), tmp_path_factory.mktemp("converted") / "out"
+    reference, reference_processor = _save_reference(family, preset, source)
+    return family, reference, reference_processor, source, output
+
+
+def _inputs(processor, images, texts, **kwargs):
+    return processor(images=images, text=texts, return_tensors="pt", **kwargs)
+
+
+def test_hf_conversion_matches_transformers(converted, capsys):
+    family, reference, reference_processor, source, output = converted
+    assert CONVERTERS[family].main(["--source", "hf", "--input", str(source), "--output", str(output)]) == 0
+    summary = SUMMARY.search(capsys.readouterr().out)
+    assert summary and summary.group(2, 3) == ("0", "0")
+    model = AutoModelForImageTextToText.from_pretrained(output).eval()
+    processor = AutoProcessor.from_pretrained(output)
+    assert type(model) is vlmzoo.get_family(family).for_generation_class
+    assert type(processor) is vlmzoo.get_family(family).processor_class
+    assert int(summary.group(1)) == len(reference.state_dict()) - (1 if model.config.tie_word_embeddings else 0)
+
+    images = [make_image(80, 48, seed=1), make_image(40, 100, seed=2)]
+    # processor parity: each prompt alone, and a right-padded batch (transformers' layout)
+    cases = [([images[0]], PROMPTS[:1], {}), (images, PROMPTS, {"padding": True, "padding_side": "right"})]
+    for case_images, texts, kwargs in cases:
+        ours = _inputs(processor, case_images, texts, **kwargs)
+        theirs = _inputs(reference_processor, case_images, texts, **kwargs)
+        assert sorted(ours) == sorted(theirs)
+        for key in theirs:
+            torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0, msg=key)
+
+    batch = _inputs(processor, images, PROMPTS, padding=True, padding_side="right")
+    with torch.no_grad():
+        expected = reference(**batch).logits
+        logits = model(**batch).logits
+    mask = batch["attention_mask"].bool()
+    difference = (logits - expected)[mask].abs().max().item()
+    assert difference <= PARITY_ATOL, difference
+    print(f"{family}: max |dlogit| = {difference:.2e}")
+
+    single = _inputs(processor, images[:1], PROMPTS[:1])
+    generate = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    theirs = reference.generate(**single, **generate)
+    ours = model.generate(**single, **generate)
+    assert ours.shape == (1, single["input_ids"].shape[1] + 6)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_cli_converts_blip2(tmp_path, capsys):
+    source = tmp_path / "reference"
+    _save_reference("blip2", "tiny", source)
+    assert cli_main(["convert", "blip2", "--source", "hf", "--input", str(source), "--output", str(tmp_path / "out")]) == 0
+    assert "converted" in capsys.readouterr().out
+    assert type(AutoModelForImageTextToText.from_pretrained(tmp_path / "out")) is vlmzoo.ZooBlip2ForConditionalGeneration
+
+
+def test_converting_the_wrong_family_exits_2(tmp_path, capsys):
+    source = tmp_path / "reference"
+    _save_reference("blip2", "tiny", source)
+    code = convert_instructblip.main(["--source", "hf", "--input", str(source), "--output", str(tmp_path / "out")])
+    assert code == 2
+    assert "converts model_type 'instructblip', got 'blip-2'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# ----- the model -------------------------------------------------------------------------------------------
+def test_query_tokens_and_projector_are_components_that_train_under_lora():
+    from peft import get_peft_model
+
+    from vlmzoo.training import lora_config
+
+    model = vlmzoo.ZooBlip2ForConditionalGeneration(presets.get_config("blip2", "tiny"))
+    assert isinstance(model.model.query_tokens, vlmzoo.modeling.modeling_base.LearnedTokens)
+    parts = model.component_parts()
+    assert model.model.query_tokens in parts["qformer"] and model.model.multi_modal_projector in parts["multi_modal_projector"]
+    model.set_training_stage("align")
+    peft_model = get_peft_model(model, lora_config(model, r=2, stage="align"))
+    trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]
+    assert any("query_tokens" in name for name in trainable)
+    assert any("multi_modal_projector" in name for name in trainable)
+    assert not any("vision_tower" in name for name in trainable)
+
+
+def test_output_embeddings_tie_to_opt_decoder_embeddings():
+    model = vlmzoo.ZooBlip2ForConditionalGeneration(presets.get_config("blip2", "tiny"))
+    assert model.config.tie_word_embeddings
+    assert model.lm_head.weight is model.language_model.decoder.embed_tokens.weight
+
+
+def test_recipes_follow_the_papers():
+    blip2 = presets.get_config("blip2", "tiny")
+    assert blip2.training_stages["qformer_pretrain"] == ["qformer"]
+    assert blip2.training_stages["align"] == ["qformer", "multi_modal_projector"]  # BLIP-2 stage 2: LLM frozen
+    model = vlmzoo.ZooBlip2ForConditionalGeneration(blip2)
+    assert recipe_learning_rate(model, "align") == 1e-4 and recipe_learning_rate(model, "instruct") == 1e-5
+    minigpt4 = vlmzoo.ZooBlip2ForConditionalGeneration(presets.get_config("blip2", "tiny-minigpt4"))
+    counts = minigpt4.set_training_stage("align")
+    projector = sum(p.numel() for p in minigpt4.multi_modal_projector.parameters())
+    assert counts == {"vision_tower": 0, "qformer": 0, "multi_modal_projector": projector, "language_model": 0}
+    assert minigpt4.config.text_config.model_type == "llama"
+
+
+@pytest.mark.parametrize(
+    "family, preset, layers, width",
+    [("blip2", "blip2-opt-2.7b", 32, 2560), ("blip2", "minigpt4-vicuna-13b", 40, 5120),
+     ("instructblip", "instructblip-vicuna-7b", 32, 4096)],
+)  # fmt: skip
+def test_paper_size_presets(family, preset, layers, width):
+    config = presets.get_config(family, preset)
+    assert (config.vision_config.hidden_size, config.vision_config.num_hidden_layers) == (1408, 39)  # EVA ViT-g/14
+    assert config.qformer_config.encoder_hidden_size == 1408 and config.num_query_tokens == 32
+    assert (config.text_config.num_hidden_layers, config.text_config.hidden_size) == (layers, width)
+
+
+def test_instructblip_needs_the_instruction_for_the_qformer():
+    model = vlmzoo.ZooInstructBlipForConditionalGeneration(presets.get_config("instructblip", "tiny")).eval()
+    pixels = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="pass qformer_input_ids"):
+        model.get_image_features(pixels)
+    with pytest.raises(ValueError, match=r"one row per image \(1\)"):
+        model.get_image_features(pixels, qformer_input_ids=torch.ones(2, 3, dtype=torch.long))
+
+
+def test_bad_pixels_raise():
+    model = vlmzoo.ZooBlip2ForConditionalGeneration(presets.get_config("blip2", "tiny")).eval()
+    with pytest.raises(ValueError, match=r"must be 32x32 images for this vision tower, got \(48, 48\)"):
+        model.get_image_features(torch.zeros(1, 3, 48, 48))
+    with pytest.raises(ValueError, match=r"must be \(num_images, 3, height, width\), got \(3, 32, 32\)"):
+        model.get_image_features(torch.zeros(3, 32, 32))
+
+
+def test_config_refuses_bad_values():
+    with pytest.raises(ValueError, match="num_query_tokens must be a positive integer"):
+        presets.get_config("blip2", "tiny", num_query_tokens=0)
+    with pytest.raises(ValueError, match="encoder-decoder"):
+        presets.get_config("blip2", "tiny", text_config={"model_type": "t5"})
+
+
+# ----- the processor ----------------------------------------------------------------------------------------
+def test_processor_puts_the_queries_before_the_prompt_and_pads_outside_them():
+    processor = presets.get_processor("blip2", "tiny")
+    batch = processor(images=[make_image(40, 40), make_image(50, 30)], text=PROMPTS, return_tensors="pt", padding=True)
+    queries = processor.num_query_tokens
+    for row, mask in zip(batch["input_ids"], batch["attention_mask"]):
+        start = int((mask == 0).sum())  # left padding first, then the placeholders, then BOS
+        assert (row[start : start + queries] == processor.image_token_id).all()
+        assert (row[:start] == processor.tokenizer.pad_token_id).all()
+        assert row[start + queries] != processor.image_token_id
+
+
+def test_processor_errors():
+    processor = presets.get_processor("blip2", "tiny")
+    image = make_image(40, 40)
+    with pytest.raises(ValueError, match=r"got 2 images for 1 prompts: the number of images \(2\) must match the number of prompts"):
+        processor(images=[image, image], text=["Describe."])
+    with pytest.raises(ValueError, match="remove it from the text"):
+        processor(images=[image], text=["<image> Describe."])
+    with pytest.raises(TypeError, match="text must be a string"):
+        processor(images=[image], text=[3])
+    with pytest.raises(ValueError, match="pass images, text or both"):
+        processor()
+    with pytest.raises(ValueError, match="needs the Q-Former's tokenizer"):
+        vlmzoo.ZooInstructBlipProcessor(processor.image_processor, processor.tokenizer, None)
+
+
+def test_chat_template_writes_no_image_placeholder():
+    processor = presets.get_processor("instructblip", "tiny")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
+    assert processor.apply_chat_template(messages, add_generation_prompt=True) == "<s>USER: What is it?\nASSISTANT:"
+    inputs = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image", "image": make_image(40, 40)}, {"type": "text", "text": "Hi"}]}],
+        add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+    )  # fmt: skip
+    assert int((inputs["input_ids"] == processor.image_token_id).sum()) == processor.num_query_tokens
+    assert {"qformer_input_ids", "qformer_attention_mask", "pixel_values"} <= set(inputs)
+
+
+# ----- the demo -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["blip2", "instructblip"])
+def test_quick_demo_runs_both_stages(family, tmp_path):
+    from vlmzoo import demo
+
+    args = demo.parse_args(["--quick", "--family", family, "--output-dir", str(tmp_path), "--num-eval", "6"])
+    result = demo.run_demo(args)
+    assert [stage.name for stage in result.stages] == ["align", "instruct"]
+    align, instruct = (stage.trainable for stage in result.stages)
+    assert align["language_model"] == 0 and align["qformer"] > 0
+    assert instruct["language_model"] > 0  # the demo's override: its tiny LM starts random
+    assert type(result.reloaded_model) is vlmzoo.get_family(family).for_generation_class
+
+
+def test_default_configs_construct_with_their_image_token_in_the_vocabulary():
+    from vlmzoo.configuration.configuration_blip2 import ZooBlip2Config, ZooInstructBlipConfig
+
+    for config in (ZooBlip2Config(), ZooInstructBlipConfig()):
+        assert 0 <= config.image_token_id < config.text_config.vocab_size

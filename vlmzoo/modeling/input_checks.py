@@ -1,0 +1,184 @@
+"""Checks of a forward's inputs, shared by every family through the generic pair of ``modeling_base``.
+
+Each check refuses what the model cannot compute with a ``ValueError`` / ``TypeError`` whose message says what
+to change, instead of an ``IndexError`` from the embedding, a reshape error inside attention or a device-side
+assert on a GPU. They stay cheap and ``torch.compile(fullgraph=True)``-safe:
+
+- shape, dtype and type checks read metadata only (no host sync; under compile they become shape guards);
+- the one data-dependent check, token ids inside the vocabulary, goes through transformers'
+  ``torch_compilable_check`` and runs only where the ids come from outside the model: every call without a cache
+  and every prefill / chunk of more than one token. A single-token decode step with a cache (what ``generate``
+  feeds back, an id the model itself produced) is not checked, so decoding adds no host sync;
+- ``image_sizes`` is checked only when images are encoded (prefill), where the family reads it on the host anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from transformers.utils import torch_compilable_check
+
+# the image index of the original LLaVA code base (llava/constants.py IMAGE_TOKEN_INDEX): its prompts carry -200
+# where vlmzoo's (and transformers') carry the tokenizer's image token id
+ORIGINAL_LLAVA_IMAGE_INDEX = -200
+
+
+def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
+    return tuple(tensor.shape)
+
+
+def _require_tensor(name: str, value, what: str) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor ({what}); got {type(value).__name__}. Call the processor with "
+            f"return_tensors='pt'"
+        )
+
+
+def check_text_inputs(
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    has_cache: bool,
+    vocab_size: int,
+    hidden_size: int,
+    image_token_id: int | None,
+    position_ids: torch.Tensor | None = None,
+) -> None:
+    """The ids (or embeddings), the attention mask and the positions of a forward: types, shapes, a non-empty batch,
+    ids in the vocabulary (see the module docstring for when that runs)."""
+    if input_ids is not None:
+        _require_tensor("input_ids", input_ids, "token ids of shape (batch, sequence)")
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+        if input_ids.dim() != 2:
+            raise ValueError(
+                f"input_ids must be (batch, sequence), got shape {_shape(input_ids)}; add the batch dimension with "
+                f"input_ids[None] for one sequence"
+            )
+        batch, length = input_ids.shape
+    else:
+        _require_tensor("inputs_embeds", inputs_embeds, "embeddings of shape (batch, sequence, hidden)")
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != hidden_size:
+            raise ValueError(
+                f"inputs_embeds must be (batch, sequence, {hidden_size}) for this language model, got shape "
+                f"{_shape(inputs_embeds)}"
+            )
+        batch, length = inputs_embeds.shape[:2]
+    if batch == 0 or (length == 0 and not has_cache):
+        source = "input_ids" if input_ids is not None else "inputs_embeds"
+        raise ValueError(
+            f"empty batch: {source} has shape {_shape(input_ids if input_ids is not None else inputs_embeds)}; "
+            f"pass at least one sequence of at least one token"
+        )
+    if attention_mask is not None:
+        _check_attention_mask(attention_mask, batch, length, has_cache)
+    if isinstance(position_ids, torch.Tensor) and position_ids.dim() >= 2 and position_ids.shape[-1] != length:
+        # (batch, length) or M-RoPE's (streams, batch, length): one position per token of this call
+        raise ValueError(
+            f"position_ids have shape {_shape(position_ids)} but the inputs have {length} tokens per sequence: give one "
+            f"position per input token (when generate() derived them, the attention_mask had the wrong length)"
+        )
+    if input_ids is not None and (length > 1 or not has_cache):
+        _check_ids_in_vocabulary(input_ids, vocab_size, image_token_id)
+
+
+def _check_attention_mask(attention_mask, batch: int, length: int, has_cache: bool) -> None:
+    _require_tensor("attention_mask", attention_mask, "1 for tokens to attend to, 0 for padding")
+    if attention_mask.dim() != 2:
+        return  # 4-D masks are the caller's own (transformers accepts them as given)
+    mask_batch, mask_length = attention_mask.shape
+    # with a cache the mask also covers the cached tokens, so it may be longer than this call's ids
+    fits = mask_length >= length if has_cache else mask_length == length
+    if mask_batch != batch or not fits:
+        expected = f"({batch}, >= {length})" if has_cache else f"({batch}, {length})"
+        raise ValueError(
+            f"attention_mask has shape {_shape(attention_mask)} but the inputs are {batch} sequences of {length} "
+            f"tokens: it must be {expected}, one entry per token. Make both with the same processor call."
+        )
+
+
+def check_generation_mask(attention_mask, input_ids) -> None:
+    """generate()'s 2-D attention mask against its prompt ids, before positions are derived from it: one row per
+    prompt and at least one entry per prompt token (more when generation restarts from a cache)."""
+    if not isinstance(attention_mask, torch.Tensor) or not isinstance(input_ids, torch.Tensor):
+        return
+    if attention_mask.dim() == 2 and input_ids.dim() == 2:
+        _check_attention_mask(attention_mask, input_ids.shape[0], input_ids.shape[1], has_cache=True)
+
+
+def _check_ids_in_vocabulary(input_ids: torch.Tensor, vocab_size: int, image_token_id: int | None) -> None:
+    def message() -> str:
+        text = (
+            f"input_ids hold token ids outside the vocabulary [0, {vocab_size}): values from {int(input_ids.min())} "
+            f"to {int(input_ids.max())}."
+        )
+        if bool((input_ids == ORIGINAL_LLAVA_IMAGE_INDEX).any()):
+            text += (
+                f" -200 is the original LLaVA code's IMAGE_TOKEN_INDEX: vlmzoo marks images with the tokenizer's image "
+                f"token (id {image_token_id}), expanded to one token per visual embedding; build the inputs with "
+                f"vlmzoo's processor instead of the original repository's tokenizer_image_token."
+            )
+        else:
+            text += " Use the model's own tokenizer, or grow the embeddings with model.resize_token_embeddings()."
+        return text
+
+    torch_compilable_check(((input_ids >= 0) & (input_ids < vocab_size)).all(), message)
+
+
+def check_pixel_input(name: str, pixels) -> None:
+    """A modality's pixels: a floating-point tensor (the processor's normalised output)."""
+    if isinstance(pixels, (list, tuple)):
+        raise TypeError(
+            f"{name} must be one torch.Tensor, got a {type(pixels).__name__} of {len(pixels)} entries; call the "
+            f"processor with return_tensors='pt' (it stacks the images), or torch.stack them"
+        )
+    _require_tensor(name, pixels, "the processor's normalised pixels")
+    if not pixels.is_floating_point():
+        raise TypeError(
+            f"{name} must be floating point (the processor's rescaled and normalised pixels), got dtype {pixels.dtype}; "
+            f"raw image values go through the processor first"
+        )
+
+
+def check_labels(labels, batch: int, length: int) -> None:
+    """Labels of a causal LM: integer ids (-100 ignored) of the same (batch, sequence) shape as the inputs."""
+    _require_tensor("labels", labels, "target ids of shape (batch, sequence), -100 where ignored")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must hold integer token ids (-100 where ignored), got dtype {labels.dtype}")
+    if _shape(labels) != (batch, length):
+        raise ValueError(
+            f"labels have shape {_shape(labels)} but the inputs are ({batch}, {length}); labels need one entry per "
+            f"input token (the loss shifts them itself; -100 where nothing is learned)"
+        )
+
+
+def check_image_sizes(image_sizes, pixel_values: torch.Tensor) -> None:
+    """``image_sizes``: one positive (height, width) row per image of ``pixel_values``."""
+    sizes = torch.as_tensor(image_sizes)
+    num_images = pixel_values.shape[0]
+    if sizes.dim() != 2 or _shape(sizes) != (num_images, 2) or sizes.is_floating_point():
+        raise ValueError(
+            f"image_sizes must be integer (height, width) rows, one per image: shape ({num_images}, 2) for these "
+            f"pixel_values; got {sizes.dtype} of shape {_shape(sizes)}. Pass the processor's image_sizes unchanged."
+        )
+    torch_compilable_check(
+        (sizes > 0).all(),
+        lambda: (
+            f"image_sizes must be positive (height, width) pairs, got {sizes.tolist()}; pass each image's original size "
+            f"as the processor returns it"
+        ),
+    )
+
+
+# family input name -> its check(value, the image pixels); run when images are encoded
+FAMILY_INPUT_CHECKS: dict[str, Callable[[object, torch.Tensor], None]] = {"image_sizes": check_image_sizes}
+
+
+def check_family_inputs(family_inputs: Mapping[str, object], pixel_values: torch.Tensor) -> None:
+    """Run the known checks of the family inputs present (``None`` values are absent)."""
+    for name, check in FAMILY_INPUT_CHECKS.items():
+        value = family_inputs.get(name)
+        if value is not None:
+            check(value, pixel_values)
