@@ -1,13 +1,18 @@
 """Speed and memory baseline: a vlmzoo family against its transformers reference, in one process.
 
-Owns the ``python benchmarks/compare_reference.py --family llava`` measurement: vlmzoo's
-``ZooLlavaForConditionalGeneration`` against transformers' ``LlavaForConditionalGeneration`` (LLaVA 1.5,
-Liu et al. 2023, "Improved Baselines with Visual Instruction Tuning": CLIP ViT -> mlp2x_gelu -> Llama).
+Owns the ``python benchmarks/compare_reference.py --family {llava,blip2}`` measurements:
+
+- ``llava``: vlmzoo's ``ZooLlavaForConditionalGeneration`` against transformers' ``LlavaForConditionalGeneration``
+  (LLaVA 1.5, Liu et al. 2023, "Improved Baselines with Visual Instruction Tuning": CLIP ViT -> mlp2x_gelu -> Llama).
+- ``blip2``: vlmzoo's ``ZooBlip2ForConditionalGeneration`` against transformers' ``Blip2ForConditionalGeneration``
+  (Li et al. 2023, "BLIP-2": ViT -> Q-Former with learned queries -> linear projection -> OPT). The weights go
+  through the BLIP-2 converter's own key table and conversion plan (``convert_blip2.HF_KEY_TABLE``), so the
+  benchmark renames nothing by hand.
 
 Method (the README beside this file explains it at length):
-- The reference is built with random init in fp32; vlmzoo's model then receives the *same* weights through
-  a small key map, and the script refuses to measure anything unless both give the same logits
-  (max abs diff <= 1e-4) on the same inputs.
+- The reference is built with random init in fp32; vlmzoo's model then receives the *same* weights (as they are
+  for LLaVA, through the converter's key table for BLIP-2; every key must be accounted for), and the script
+  refuses to measure anything unless both give the same logits (max abs diff <= 1e-4) on the same inputs.
 - Prefill latency: one forward over the whole prompt with pixels, building the KV cache, last-token logits
   only (what ``generate`` does at its first step). Generation: ``generate`` greedy with the cache,
   exactly ``max_new_tokens`` new tokens (``min_new_tokens`` equal), tokens/s = new tokens / wall time of the
@@ -40,10 +45,26 @@ import torch
 import transformers
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from transformers import GenerationConfig, HfArgumentParser, LlavaConfig, LlavaForConditionalGeneration
+from transformers import (
+    Blip2Config,
+    Blip2ForConditionalGeneration,
+    GenerationConfig,
+    HfArgumentParser,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+)
 
 import vlmzoo
-from vlmzoo import ZooLlavaConfig, ZooLlavaForConditionalGeneration
+from vlmzoo import ZooBlip2ForConditionalGeneration, ZooLlavaConfig, ZooLlavaForConditionalGeneration
+from vlmzoo.conversion_scripts import convert_blip2
+from vlmzoo.conversion_scripts.checkpoints import TensorInfo
+from vlmzoo.conversion_scripts.key_tables import (
+    KeyTable,
+    TensorSource,
+    apply_mapping,
+    expected_tensors,
+    plan_conversion,
+)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PARITY_TOLERANCE = 1e-4
@@ -52,7 +73,7 @@ MIB = 2**20
 
 @dataclass
 class BenchmarkArguments:
-    family: Literal["llava"] = field(default="llava", metadata={"help": "vlmzoo family to compare"})
+    family: Literal["llava", "blip2"] = field(default="llava", metadata={"help": "vlmzoo family to compare"})
     size: Literal["small", "tiny"] = field(
         default="small", metadata={"help": "'small': realistic layer sizes, few layers; 'tiny': a seconds-long smoke run"}
     )
@@ -147,7 +168,133 @@ def build_llava_pair(size: str, attn_implementation: str, device: torch.device, 
     return ModelPair(ours, reference, {k: v.to(device) for k, v in inputs.items()}, labels.to(device), description)
 
 
-PAIR_BUILDERS: dict[str, Callable[..., ModelPair]] = {"llava": build_llava_pair}
+# ----- BLIP-2: sizes, the pair of models, inputs --------------------------------------------------------
+BLIP2_SIZES: dict[str, dict] = {
+    # a ViT-B-like tower at 224 px / patch 14 (256 patches + CLS), a 4-layer BERT-base-wide Q-Former (cross-attention
+    # every 2nd layer) with 32 queries, an 8-layer OPT 1024 wide (FFN 4096), 32k vocab: about LLaVA small's cost
+    "small": {
+        "vision": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+                   "image_size": 224, "patch_size": 14},
+        "qformer": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 4, "num_attention_heads": 12,
+                    "cross_attention_frequency": 2},
+        "text": {"hidden_size": 1024, "word_embed_proj_dim": 1024, "ffn_dim": 4096, "num_hidden_layers": 8,
+                 "num_attention_heads": 16, "vocab_size": 32064, "max_position_embeddings": 2048},
+        "num_query_tokens": 32,
+        "image_token_id": 32000,
+    },
+    # same structure in miniature: 28 px / patch 14, 4 queries (4 image tokens)
+    "tiny": {
+        "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                   "image_size": 28, "patch_size": 14},
+        "qformer": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                    "cross_attention_frequency": 2},
+        "text": {"hidden_size": 64, "word_embed_proj_dim": 64, "ffn_dim": 128, "num_hidden_layers": 2,
+                 "num_attention_heads": 4, "vocab_size": 320, "max_position_embeddings": 512},
+        "num_query_tokens": 4,
+        "image_token_id": 300,
+    },
+}
+
+
+class StateDictReader:
+    """The part of the converters' ``CheckpointReader`` that the conversion plan reads, over an in-memory state dict."""
+
+    def __init__(self, state_dict: dict[str, torch.Tensor], label: str = "reference"):
+        self.label, self.directory = label, Path(f"<{label} state_dict>")
+        self.state_dict = state_dict
+        self.tensors = {key: TensorInfo(self.directory, tuple(t.shape), t.dtype) for key, t in state_dict.items()}
+
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+
+def load_through_key_table(ours: torch.nn.Module, state_dict: dict[str, torch.Tensor], key_table: KeyTable) -> dict:
+    """Give ``ours`` the reference's tensors through a converter's key table and conversion plan (the converter's
+    own renames, splits and checks); raises unless every reference key and every tensor of ``ours`` is accounted for."""
+    reader = StateDictReader(state_dict)
+    sources = [TensorSource(reader, key_table)]
+    expected = expected_tensors(type(ours), ours.config)
+    plan = plan_conversion(sources, expected)
+    if plan.unused or plan.missing:
+        raise RuntimeError(f"weight map incomplete: unused from the reference {[key for _, key in plan.unused]}, "
+                           f"missing in ours {plan.missing}")
+    mapped = {}
+    for mapping in plan.mappings:
+        tensors = [reader.state_dict[key] for _, key in mapping.inputs]
+        where = " + ".join(f"'{key}'" for _, key in mapping.inputs)
+        mapped.update(apply_mapping(mapping, tensors, expected, None, where))
+    missing, unexpected = ours.load_state_dict(mapped, strict=False)
+    missing = [key for key in missing if key not in expected.tied]
+    if missing or unexpected:
+        raise RuntimeError(f"weight map incomplete: missing in ours {missing}, unexpected {unexpected}")
+    ours_tensors = dict(ours.state_dict(keep_vars=True))
+    for key, source in expected.tied.items():  # a tied weight must really share its source's storage
+        if ours_tensors[key].data_ptr() != ours_tensors[source].data_ptr():
+            raise RuntimeError(f"'{key}' should be tied to '{source}' but holds its own tensor")
+    return {
+        "converted": len(plan.converted),
+        "tied_duplicates": [key for _, key in plan.tied_duplicates],
+        "recomputed_buffers": [key for _, key in plan.recomputed],
+        "reference_keys": len(state_dict),
+    }
+
+
+def build_blip2_pair(size: str, attn_implementation: str, device: torch.device, seed: int, text_tokens: int) -> ModelPair:
+    spec = BLIP2_SIZES[size]
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}  # same loss on both sides
+    # Blip2VisionConfig's initializer_range is 1e-10, which leaves a random tower all but silent: the image would
+    # then not move the logits and the parity check could not see a mis-mapped vision or Q-Former weight
+    vision = {**spec["vision"], "attention_dropout": 0.0, "initializer_range": 0.02}
+    qformer = {**spec["qformer"], **no_dropout}
+    text = {"model_type": "opt", **spec["text"], "dropout": 0.0, "attention_dropout": 0.0, "bos_token_id": BOS,
+            "eos_token_id": EOS, "pad_token_id": PAD}
+    image_token_id, num_query_tokens = spec["image_token_id"], spec["num_query_tokens"]
+
+    torch.manual_seed(seed)
+    reference_config = Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text,
+                                   num_query_tokens=num_query_tokens, image_token_index=image_token_id)
+    reference = Blip2ForConditionalGeneration._from_config(reference_config, attn_implementation=attn_implementation)
+    with torch.no_grad():  # transformers initialises the queries to zeros, which would hide a mis-mapped tensor
+        reference.query_tokens.normal_(0.0, reference_config.qformer_config.initializer_range)
+    # the converter's config and key table: the benchmark repeats none of its renames
+    our_config = convert_blip2.convert_hf_config(reference_config, convert_blip2.BLIP2)
+    ours = ZooBlip2ForConditionalGeneration._from_config(our_config, attn_implementation=attn_implementation)
+    accounting = load_through_key_table(ours, reference.state_dict(), convert_blip2.HF_KEY_TABLE)
+    ours.to(device).eval()
+    reference.to(device).eval()
+
+    # prompt (transformers' Blip2Processor layout): the query tokens, BOS, random text tokens
+    generator = torch.Generator().manual_seed(seed + 1)
+    text_ids = torch.randint(3, image_token_id, (1, text_tokens), generator=generator)
+    input_ids = torch.cat([torch.full((1, num_query_tokens), image_token_id), torch.tensor([[BOS]]), text_ids], dim=1)
+    pixel_values = torch.randn(1, 3, vision["image_size"], vision["image_size"], generator=generator)
+    labels = input_ids.masked_fill(input_ids == image_token_id, -100)
+    inputs = {"input_ids": input_ids, "pixel_values": pixel_values, "attention_mask": torch.ones_like(input_ids)}
+    description = {
+        "ours": f"vlmzoo.{type(ours).__name__}",
+        "reference": f"transformers.{type(reference).__name__}",
+        "vision_config": vision,
+        "qformer_config": qformer,
+        "text_config": text,
+        "num_query_tokens": num_query_tokens,
+        "projector": "Q-Former + linear",
+        "batch_size": 1,
+        "image_tokens": num_query_tokens,
+        "vision_tokens": (vision["image_size"] // vision["patch_size"]) ** 2 + 1,
+        "text_tokens": text_tokens + 1,
+        "prompt_tokens": int(input_ids.shape[1]),
+        "parameters": sum(p.numel() for p in ours.parameters()),
+        "weight_map": {"key_table": "vlmzoo.conversion_scripts.convert_blip2.HF_KEY_TABLE", **accounting},
+        "attn_implementation": {
+            side: {name: getattr(model.config, name)._attn_implementation
+                   for name in ("vision_config", "qformer_config", "text_config")}
+            for side, model in (("ours", ours), ("reference", reference))
+        },
+    }
+    return ModelPair(ours, reference, {k: v.to(device) for k, v in inputs.items()}, labels.to(device), description)
+
+
+PAIR_BUILDERS: dict[str, Callable[..., ModelPair]] = {"llava": build_llava_pair, "blip2": build_blip2_pair}
 
 
 # ----- measurement helpers ------------------------------------------------------------------------------

@@ -285,3 +285,4 @@ def test_default_configs_construct_with_their_image_token_in_the_vocabulary():
 
     for config in (ZooBlip2Config(), ZooInstructBlipConfig()):
         assert 0 <= config.image_token_id < config.text_config.vocab_size
+

@@ -17,6 +17,7 @@ from .modeling.modeling_blip2 import (  # noqa: E402
     ZooBlip2Model,
     ZooBlip2PreTrainedModel,
 )
+from .modeling.modeling_blip2_pretraining import ZooBlip2ForQFormerPretraining  # noqa: E402
 from .modeling.modeling_instructblip import (  # noqa: E402
     ZooInstructBlipForConditionalGeneration,
     ZooInstructBlipModel,
@@ -58,6 +59,7 @@ __all__ = [
     "ZooBlip2Model",
     "ZooBlip2PreTrainedModel",
     "ZooBlip2ForConditionalGeneration",
+    "ZooBlip2ForQFormerPretraining",
     "ZooBlip2Processor",
     "ZooInstructBlipConfig",
     "ZooInstructBlipModel",

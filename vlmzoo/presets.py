@@ -184,6 +184,8 @@ _TINY_BLIP_VISION = {
     "num_attention_heads": 4,
     "image_size": 32,
     "patch_size": 8,
+    # transformers' default (1e-10) assumes pretrained EVA weights; a random tiny tower would see every image alike
+    "initializer_range": 0.02,
 }
 _TINY_QFORMER = {
     "hidden_size": 32,
