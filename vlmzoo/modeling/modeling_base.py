@@ -378,9 +378,9 @@ class ZooVLMModel(ZooPreTrainedModel):
             if name != "pixel_values":
                 pixel_inputs[name] = kwargs.pop(name, None)
         self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, cache, pixel_inputs)
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-
+        # encode the pixels before embedding the text: backward then reaches the (possibly lm_head-tied)
+        # embeddings before the encoders, so their gradient is accumulated before the encoders' gradients
+        # exist (a lower training peak, as transformers' BLIP-2 orders it)
         mm_encoder_outputs = dict(mm_encoder_outputs or {})
         for modality, pixel_name in self.modality_pixel_inputs.items():
             pixels = pixel_inputs[pixel_name]
@@ -388,6 +388,9 @@ class ZooVLMModel(ZooPreTrainedModel):
                 function, accepted = self._feature_function(modality)
                 arguments = {name: value for name, value in family_inputs.items() if name in accepted}
                 mm_encoder_outputs[modality] = function(pixels, **arguments, return_dict=True)
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        for modality in self.modality_pixel_inputs:
             inputs_embeds = self._place_features(
                 modality, input_ids, inputs_embeds, mm_encoder_outputs.get(modality), cache
             )
