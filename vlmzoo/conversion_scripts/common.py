@@ -341,6 +341,45 @@ def run_conversion(job: ConversionJob, arguments: ConversionArguments) -> int:
     return 0
 
 
+# ----- what a transformers checkpoint directory saved beside its weights -----------------------------------
+def saved_image_processor_settings(directory: Path, fields: Sequence[str]) -> dict:
+    """The image-processor ``fields`` saved in ``directory`` (5.x: inside processor_config.json; 4.x:
+    preprocessor_config.json), those that are set."""
+    saved = {}
+    if (directory / "preprocessor_config.json").is_file():
+        saved = read_json(directory / "preprocessor_config.json")
+    if (directory / "processor_config.json").is_file():
+        saved = read_json(directory / "processor_config.json").get("image_processor", saved)
+    return {key: saved[key] for key in fields if saved.get(key) is not None}
+
+
+def saved_chat_template(directory: Path, tokenizer=None) -> str | None:
+    """The chat template saved in ``directory`` (``chat_template.jinja`` or ``.json``), else the tokenizer's."""
+    if (directory / "chat_template.jinja").is_file():
+        return read_text(directory / "chat_template.jinja")
+    if (directory / "chat_template.json").is_file():
+        return read_json(directory / "chat_template.json").get("chat_template")
+    return getattr(tokenizer, "chat_template", None)
+
+
+def extras_saver(processor, input_dir: Path) -> Callable[[Path], None]:
+    """Saves the processor and the input's generation config (read now, so a bad file fails before writing)."""
+    from transformers import GenerationConfig
+
+    generation_config = None
+    if (input_dir / "generation_config.json").is_file():
+        read_json(input_dir / "generation_config.json")
+        generation_config = GenerationConfig.from_pretrained(input_dir)
+
+    def save_extras(output: Path) -> None:
+        if processor is not None:
+            processor.save_pretrained(output)
+        if generation_config is not None:
+            generation_config.save_pretrained(output)
+
+    return save_extras
+
+
 __all__ = [
     "CheckpointReader",
     "ConversionArguments",
@@ -362,6 +401,7 @@ __all__ = [
     "check_shapes",
     "disallowed_unused",
     "expected_tensors",
+    "extras_saver",
     "grow_rows_with_mean",
     "load_config",
     "load_encoder_config",
@@ -371,6 +411,8 @@ __all__ = [
     "read_text",
     "resolve_encoders",
     "run_conversion",
+    "saved_chat_template",
+    "saved_image_processor_settings",
     "summary_line",
     "write_tensors",
 ]

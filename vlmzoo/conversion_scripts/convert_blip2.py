@@ -21,12 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, PreTrainedConfig
+from transformers import PreTrainedConfig
 
 from ..configuration.configuration_blip2 import ZooBlip2Config
 from ..modeling.modeling_blip2 import ZooBlip2ForConditionalGeneration
 from ..processing import ZooBlip2Processor
 from .common import (
+    extras_saver,
+    saved_chat_template,
+    saved_image_processor_settings,
     CheckpointReader,
     ConversionArguments,
     ConversionError,
@@ -37,8 +40,6 @@ from .common import (
     TensorSource,
     load_config,
     load_tokenizer_if_present,
-    read_json,
-    read_text,
 )
 
 IMAGE_TOKEN = "<image>"
@@ -110,21 +111,6 @@ def convert_hf_config(source: PreTrainedConfig, family: QFormerFamily, where: st
     )
 
 
-def _saved_image_processor_settings(directory: Path) -> dict:
-    saved = {}
-    if (directory / "preprocessor_config.json").is_file():
-        saved = read_json(directory / "preprocessor_config.json")
-    if (directory / "processor_config.json").is_file():
-        saved = read_json(directory / "processor_config.json").get("image_processor", saved)
-    return {key: saved[key] for key in _IMAGE_PROCESSOR_FIELDS if saved.get(key) is not None}
-
-
-def _saved_chat_template(directory: Path) -> str | None:
-    if (directory / "chat_template.jinja").is_file():
-        return read_text(directory / "chat_template.jinja")
-    return None
-
-
 def hf_processor(input_dir: Path, config, family: QFormerFamily, notes: list[str]):
     """The converted processor, or None (with a note) when the input has no tokenizer."""
     tokenizer = load_tokenizer_if_present(input_dir)
@@ -144,7 +130,7 @@ def hf_processor(input_dir: Path, config, family: QFormerFamily, notes: list[str
         if qformer_tokenizer is None:
             raise ConversionError(f"'{input_dir}' has a tokenizer but no qformer_tokenizer/ (InstructBLIP needs both)")
         extras["qformer_tokenizer"] = qformer_tokenizer
-    settings = _saved_image_processor_settings(input_dir)
+    settings = saved_image_processor_settings(input_dir, _IMAGE_PROCESSOR_FIELDS)
     if not settings:
         notes.append("the input has no image-processor settings: using the tower's size with CLIP mean/std, bicubic")
     return family.processor_class.from_model_config(
@@ -152,24 +138,9 @@ def hf_processor(input_dir: Path, config, family: QFormerFamily, notes: list[str
         tokenizer,
         image_processor_settings=settings,
         image_token=image_token,
-        chat_template=_saved_chat_template(input_dir),
+        chat_template=saved_chat_template(input_dir),
         **extras,
     )
-
-
-def _extras_saver(processor, input_dir: Path):
-    generation_config = None
-    if (input_dir / "generation_config.json").is_file():
-        read_json(input_dir / "generation_config.json")
-        generation_config = GenerationConfig.from_pretrained(input_dir)
-
-    def save_extras(output: Path) -> None:
-        if processor is not None:
-            processor.save_pretrained(output)
-        if generation_config is not None:
-            generation_config.save_pretrained(output)
-
-    return save_extras
 
 
 def prepare_hf_job(arguments: ConversionArguments, family: QFormerFamily) -> ConversionJob:
@@ -185,7 +156,7 @@ def prepare_hf_job(arguments: ConversionArguments, family: QFormerFamily) -> Con
         model_class=family.model_class,
         config=config,
         notes=notes,
-        save_extras=_extras_saver(processor, input_dir),
+        save_extras=extras_saver(processor, input_dir),
     )
 
 

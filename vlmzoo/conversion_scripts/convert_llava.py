@@ -27,13 +27,16 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import GenerationConfig, PreTrainedConfig
+from transformers import PreTrainedConfig
 
 from ..configuration.configuration_llava import ZooLlavaConfig
 from ..modeling.modeling_llava import ZooLlavaForConditionalGeneration
 from ..modeling.vision_towers import num_feature_layers, tokens_per_view, tower_extra_tokens
 from ..processing import ZooLlavaProcessor
 from .common import (
+    extras_saver,
+    saved_chat_template,
+    saved_image_processor_settings,
     CheckpointReader,
     ConversionArguments,
     ConversionError,
@@ -45,7 +48,6 @@ from .common import (
     load_encoder_config,
     load_tokenizer_if_present,
     read_json,
-    read_text,
 )
 from .llava_fork import (
     IMAGE_TOKEN,
@@ -131,24 +133,6 @@ def view_tokens(vision_config: PreTrainedConfig, extra_tokens: int, strategy: st
     return tokens_per_view(size, size, vision_config.patch_size, extra_tokens, strategy)
 
 
-def _saved_image_processor_settings(directory: Path) -> dict:
-    """Image-processor fields saved in ``directory`` (5.x: inside processor_config.json; 4.x: preprocessor_config.json)."""
-    settings = {}
-    if (directory / "preprocessor_config.json").is_file():
-        settings = read_json(directory / "preprocessor_config.json")
-    if (directory / "processor_config.json").is_file():
-        settings = read_json(directory / "processor_config.json").get("image_processor", settings)
-    return settings
-
-
-def _saved_chat_template(directory: Path, tokenizer) -> str | None:
-    if (directory / "chat_template.jinja").is_file():
-        return read_text(directory / "chat_template.jinja")
-    if (directory / "chat_template.json").is_file():
-        return read_json(directory / "chat_template.json").get("chat_template")
-    return getattr(tokenizer, "chat_template", None)
-
-
 def _image_processor_settings(saved: dict) -> dict:
     """The saved image-processor fields the converted processor keeps (the rest follow the tower)."""
     return {key: saved[key] for key in _IMAGE_PROCESSOR_FIELDS if saved.get(key) is not None}
@@ -161,22 +145,6 @@ def _check_image_token(tokenizer, image_token: str, image_token_id: int, input_d
             f"the tokenizer in '{input_dir}' maps '{image_token}' to {token_id} but config.json's image_token_id is "
             f"{image_token_id}"
         )
-
-
-def _extras_saver(processor: ZooLlavaProcessor | None, input_dir: Path):
-    """Saves the processor and the input's generation config (read now, so a bad file fails before writing)."""
-    generation_config = None
-    if (input_dir / "generation_config.json").is_file():
-        read_json(input_dir / "generation_config.json")
-        generation_config = GenerationConfig.from_pretrained(input_dir)
-
-    def save_extras(output: Path) -> None:
-        if processor is not None:
-            processor.save_pretrained(output)
-        if generation_config is not None:
-            generation_config.save_pretrained(output)
-
-    return save_extras
 
 
 # ----- --source hf ----------------------------------------------------------------------------------------
@@ -216,7 +184,7 @@ def _hf_processor(input_dir: Path, config: ZooLlavaConfig, extra_tokens: int, no
         return None
     processor_file = input_dir / "processor_config.json"
     saved_processor = read_json(processor_file) if processor_file.is_file() else {}
-    saved_image = _saved_image_processor_settings(input_dir)
+    saved_image = saved_image_processor_settings(input_dir, (*_IMAGE_PROCESSOR_FIELDS, "do_pad"))
     saved_extra = saved_processor.get("num_additional_image_tokens")
     if saved_extra is not None and saved_extra != extra_tokens:
         notes.append(
@@ -234,7 +202,7 @@ def _hf_processor(input_dir: Path, config: ZooLlavaConfig, extra_tokens: int, no
         pad_to_square=bool(saved_image.get("do_pad", False)),
         anyres_pad=saved_image.get("do_pad", True),
         image_token=image_token,
-        chat_template=_saved_chat_template(input_dir, tokenizer),
+        chat_template=saved_chat_template(input_dir, tokenizer),
         num_additional_image_tokens=extra_tokens,
     )
 
@@ -255,7 +223,7 @@ def prepare_hf(arguments: ConversionArguments) -> ConversionJob:
         model_class=ZooLlavaForConditionalGeneration,
         config=config,
         notes=notes,
-        save_extras=_extras_saver(processor, input_dir),
+        save_extras=extras_saver(processor, input_dir),
     )
 
 
@@ -336,7 +304,7 @@ def prepare_original(arguments: ConversionArguments) -> ConversionJob:
     processor = None
     if tokenizer is not None:
         chat_template = prepare_tokenizer(tokenizer, notes, conversation="vicuna_v1")
-        saved_image = _saved_image_processor_settings(encoder)
+        saved_image = saved_image_processor_settings(Path(encoder), (*_IMAGE_PROCESSOR_FIELDS, "do_pad"))
         if not saved_image:
             notes.append("--encoder has no preprocessor_config.json: using the tower's size with CLIP mean/std, bicubic")
         processor = ZooLlavaProcessor.from_model_config(
@@ -355,7 +323,7 @@ def prepare_original(arguments: ConversionArguments) -> ConversionJob:
         config=config,
         tensor_transform=image_token.grow_vocabulary(),
         notes=notes,
-        save_extras=_extras_saver(processor, input_dir),
+        save_extras=extras_saver(processor, input_dir),
     )
 
 
