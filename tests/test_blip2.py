@@ -286,3 +286,12 @@ def test_default_configs_construct_with_their_image_token_in_the_vocabulary():
     for config in (ZooBlip2Config(), ZooInstructBlipConfig()):
         assert 0 <= config.image_token_id < config.text_config.vocab_size
 
+
+
+def test_config_carries_transformers_blip2_fields():
+    from vlmzoo.configuration.configuration_blip2 import ZooBlip2Config
+
+    config = ZooBlip2Config(image_text_hidden_size=128)
+    assert config.use_decoder_only_language_model is True
+    assert ZooBlip2Config().image_text_hidden_size == 256
+    assert ZooBlip2Config.from_dict(config.to_dict()).image_text_hidden_size == 128

@@ -72,6 +72,8 @@ class ZooBlip2Config(ZooVLMConfig):
 
     qformer_config: dict | Blip2QFormerConfig | None = None
     num_query_tokens: int = 32
+    # width of the stage-1 image-text projections (ITC), as transformers' Blip2Config
+    image_text_hidden_size: int = 256
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -84,6 +86,11 @@ class ZooBlip2Config(ZooVLMConfig):
                 f"(an encoder-decoder model such as Flan-T5 is not supported yet)"
             )
         self.qformer_config.encoder_hidden_size = self.vision_config.hidden_size
+
+    @property
+    def use_decoder_only_language_model(self) -> bool:
+        """transformers' Blip2Config flag; vlmzoo's Q-Former families take decoder-only language models."""
+        return not self.text_config.is_encoder_decoder
 
     @property
     def image_seq_length(self) -> int:

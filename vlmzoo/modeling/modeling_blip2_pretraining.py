@@ -18,7 +18,7 @@ ITM, and the image-grounded text generation head.
 - ITG's decoder token ``[DEC]``: ``qformer_config.bos_token_id`` when set, else the last id of the Q-Former
   vocabulary (LAVIS appends ``[DEC]`` to BERT's 30522 tokens: id 30522 of a 30523-token vocabulary). The LM head is
   BERT's (dense, GELU, LayerNorm, then the word embeddings' transpose plus a bias): tied by construction.
-- The projection width is ``config.image_text_hidden_size`` when the config has it, else 256 (the paper's).
+- The projection width is ``config.image_text_hidden_size`` (256, the paper's).
 
 Stage 1 -> stage 2: ``vision_tower``, ``query_tokens`` and ``qformer`` live under ``model`` as in
 ``ZooBlip2ForConditionalGeneration`` (keys ``model.vision_tower.*``, ``model.query_tokens.weight``,
@@ -169,7 +169,7 @@ class ZooBlip2ForQFormerPretraining(ZooBlip2PreTrainedModel):
         config.qformer_config.use_qformer_text_input = True  # the text branch of each Q-Former layer
         super().__init__(config)
         qformer = config.qformer_config
-        width, proj = qformer.hidden_size, getattr(config, "image_text_hidden_size", 256)
+        width, proj = qformer.hidden_size, config.image_text_hidden_size
         self.model = Blip2Stage1Encoders(config)
         self.embeddings = QFormerTextEmbeddings(qformer)
         self.vision_projection = nn.Linear(width, proj)
