@@ -76,3 +76,39 @@ def vlmzoo_owned_prefixes(model) -> list[str]:
     models = sub_models(model)
     inside = lambda name: any(name == m or name.startswith(m + ".") for m in models)  # noqa: E731
     return [p for prefixes in component_prefixes(model).values() for p in prefixes if not inside(p) and p != "lm_head"]
+
+
+# ----- the language model's token view: decoder-only LMs read the prompt, encoder-decoders (Flan-T5) a target ------
+DECODER_TARGET_LENGTH = 6
+
+
+def with_decoder_target(model, batch: dict) -> dict:
+    """``batch`` plus, for an encoder-decoder LM, a fixed ``DECODER_TARGET_LENGTH``-token decoder input (start
+    token first), so that the logits cover several decoder positions; ``batch`` itself for a decoder-only LM."""
+    if not model.config.is_encoder_decoder:
+        return dict(batch)
+    rows = batch["input_ids"].shape[0]
+    start = model.config.get_text_config(decoder=True).decoder_start_token_id
+    target = torch.arange(10, 10 + DECODER_TARGET_LENGTH - 1).repeat(rows, 1)
+    return {**batch, "decoder_input_ids": torch.cat([torch.full((rows, 1), start), target], dim=1)}
+
+
+def logit_tokens(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ids the logits are aligned with and their (bool) mask: the prompt (decoder-only) or the decoder input."""
+    if model.config.is_encoder_decoder:
+        ids = inputs["decoder_input_ids"]
+        return ids, torch.ones_like(ids, dtype=torch.bool)
+    return inputs["input_ids"], inputs["attention_mask"].bool()
+
+
+def next_token_targets(model, labels: torch.Tensor) -> torch.Tensor:
+    """What each logit position predicts: the next label (decoder-only LM, -100 after the last) or the label itself
+    (an encoder-decoder's decoder reads the labels shifted right)."""
+    if model.config.is_encoder_decoder:
+        return labels
+    return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+
+
+def generated_prefix_length(model, batch: dict) -> int:
+    """Tokens before the new ones in generate()'s output: the prompt (decoder-only) or the decoder start token."""
+    return 1 if model.config.is_encoder_decoder else batch["input_ids"].shape[1]

@@ -217,6 +217,11 @@ def _ids_with(c: Context, value: int) -> torch.Tensor:
     return ids
 
 
+def _decoder_ids(c: Context) -> dict:
+    """An encoder-decoder model's decoder inputs (the prompt's ids serve); nothing for a decoder-only model."""
+    return {"decoder_input_ids": c.batch["input_ids"]} if c.model.config.is_encoder_decoder else {}
+
+
 MODEL_ERRORS: list[tuple[str, Callable[[Context], Any], type, str]] = [
     ("pixel-values-as-list", lambda c: c.model(**c.with_batch(pixel_values=list(c.batch["pixel_values"]))),
      TypeError, "pixel_values must be one torch.Tensor, got a list"),
@@ -238,8 +243,9 @@ MODEL_ERRORS: list[tuple[str, Callable[[Context], Any], type, str]] = [
      TypeError, "input_ids must hold integer token ids"),
     ("ids-as-list", lambda c: c.model(**c.with_batch(input_ids=c.batch["input_ids"].tolist())),
      TypeError, "input_ids must be a torch.Tensor"),
-    ("labels-one-short", lambda c: c.model(**c.batch, labels=c.batch["input_ids"][:, :-1]),
-     ValueError, r"labels have shape \(2, \d+\) but the inputs are"),
+    # (an encoder-decoder's labels follow its decoder_input_ids, here given one token longer)
+    ("labels-one-short", lambda c: c.model(**c.batch, labels=c.batch["input_ids"][:, :-1], **_decoder_ids(c)),
+     ValueError, r"labels have shape \(2, \d+\) but the (inputs|decoder_input_ids) are"),
     ("labels-float", lambda c: c.model(**c.batch, labels=c.batch["input_ids"].float()),
      TypeError, "labels must hold integer token ids"),
     ("mask-one-short", lambda c: c.model(**c.with_batch(attention_mask=c.batch["attention_mask"][:, :-1])),

@@ -14,6 +14,7 @@ import re
 
 import pytest
 import torch
+from safetensors import safe_open
 from tokenizers import Tokenizer
 from transformers import (
     AutoModelForImageTextToText,
@@ -54,6 +55,11 @@ def _randomise_queries(model) -> None:
     # transformers initialises query_tokens to zeros, which would hide a mis-mapped tensor
     with torch.no_grad():
         model.query_tokens.normal_(0, 0.5)
+        if model.config.text_config.is_encoder_decoder:
+            # T5's initialisation makes a tiny model's argmax one constant token: greedy generation would prove nothing
+            for name, parameter in model.language_model.named_parameters():
+                if "layer_norm" not in name:
+                    parameter.normal_(0, 0.3)
 
 
 def _save_reference(family: str, preset: str, directory):
@@ -84,7 +90,13 @@ def _save_reference(family: str, preset: str, directory):
 
 
 CONVERTERS = {"blip2": convert_blip2, "instructblip": convert_instructblip}
-PARITY_CASES = [("blip2", "tiny"), ("blip2", "tiny-llama"), ("instructblip", "tiny")]
+PARITY_CASES = [
+    ("blip2", "tiny"),
+    ("blip2", "tiny-llama"),
+    ("blip2", "tiny-t5"),
+    ("instructblip", "tiny"),
+    ("instructblip", "tiny-t5"),
+]
 
 
 @pytest.fixture(scope="module", params=PARITY_CASES, ids=lambda case: "-".join(case))
@@ -108,7 +120,9 @@ def test_hf_conversion_matches_transformers(converted, capsys):
     processor = AutoProcessor.from_pretrained(output)
     assert type(model) is vlmzoo.get_family(family).for_generation_class
     assert type(processor) is vlmzoo.get_family(family).processor_class
-    assert int(summary.group(1)) == len(reference.state_dict()) - (1 if model.config.tie_word_embeddings else 0)
+    # every tensor of the checkpoint is converted (the tied ones are not stored)
+    with safe_open(source / "model.safetensors", "pt") as stored:
+        assert int(summary.group(1)) == len(list(stored.keys()))
 
     images = [make_image(80, 48, seed=1), make_image(40, 100, seed=2)]
     # processor parity: each prompt alone, and a right-padded batch (transformers' layout)
@@ -121,10 +135,20 @@ def test_hf_conversion_matches_transformers(converted, capsys):
             torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0, msg=key)
 
     batch = _inputs(processor, images, PROMPTS, padding=True, padding_side="right")
-    with torch.no_grad():
-        expected = reference(**batch).logits
-        logits = model(**batch).logits
-    mask = batch["attention_mask"].bool()
+    if model.config.is_encoder_decoder:
+        # T5: the prompt is encoded; the logits (and the loss) are the decoder's, over a target given as labels
+        labels = torch.tensor([[21, 22, 23, 24, 1], [31, 32, 33, -100, -100]])
+        with torch.no_grad():
+            expected, ours = reference(**batch, labels=labels), model(**batch, labels=labels)
+        mask = torch.ones(labels.shape, dtype=torch.bool)
+        torch.testing.assert_close(ours.loss, expected.loss, rtol=0, atol=PARITY_ATOL)
+        expected, logits = expected.logits, ours.logits
+    else:
+        with torch.no_grad():
+            expected = reference(**batch).logits
+            logits = model(**batch).logits
+        mask = batch["attention_mask"].bool()
+    assert logits.shape == expected.shape
     difference = (logits - expected)[mask].abs().max().item()
     assert difference <= PARITY_ATOL, difference
     print(f"{family}: max |dlogit| = {difference:.2e}")
@@ -133,8 +157,14 @@ def test_hf_conversion_matches_transformers(converted, capsys):
     generate = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
     theirs = reference.generate(**single, **generate)
     ours = model.generate(**single, **generate)
-    assert ours.shape == (1, single["input_ids"].shape[1] + 6)
+    # a decoder-only LM returns the prompt too; T5 the decoder start token and the answer
+    prefix = 1 if model.config.is_encoder_decoder else single["input_ids"].shape[1]
+    assert ours.shape == (1, prefix + 6)
+    assert len(set(ours[0, prefix:].tolist())) > 1  # the answer is not one token repeated
     torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    # beam search over the padded batch, too
+    beams = dict(generate, num_beams=2)
+    torch.testing.assert_close(model.generate(**batch, **beams), reference.generate(**batch, **beams), rtol=0, atol=0)
 
 
 def test_cli_converts_blip2(tmp_path, capsys):
@@ -223,8 +253,13 @@ def test_bad_pixels_raise():
 def test_config_refuses_bad_values():
     with pytest.raises(ValueError, match="num_query_tokens must be a positive integer"):
         presets.get_config("blip2", "tiny", num_query_tokens=0)
-    with pytest.raises(ValueError, match="encoder-decoder"):
-        presets.get_config("blip2", "tiny", text_config={"model_type": "t5"})
+    # encoder-decoder LMs: the T5 family only (a plain linear head), and only in the families that take one
+    with pytest.raises(ValueError, match=r"'bart' encoder-decoder; the supported encoder-decoder language models are \['t5'"):
+        presets.get_config("blip2", "tiny", text_config={"model_type": "bart", "vocab_size": 600})
+    with pytest.raises(ValueError, match="takes a decoder-only language model"):
+        presets.get_config("llava", "tiny", text_config={"model_type": "t5", "vocab_size": 600})
+    assert presets.get_config("blip2", "tiny-t5").is_encoder_decoder
+    assert not presets.get_config("blip2", "tiny-t5").use_decoder_only_language_model
 
 
 # ----- the processor ----------------------------------------------------------------------------------------
@@ -295,3 +330,30 @@ def test_config_carries_transformers_blip2_fields():
     assert config.use_decoder_only_language_model is True
     assert ZooBlip2Config().image_text_hidden_size == 256
     assert ZooBlip2Config.from_dict(config.to_dict()).image_text_hidden_size == 128
+
+
+def test_decoder_inputs_are_refused_by_a_decoder_only_language_model():
+    model = vlmzoo.ZooBlip2ForConditionalGeneration(presets.get_config("blip2", "tiny")).eval()
+    ids = torch.tensor([[5, 6, 7]])
+    with pytest.raises(ValueError, match=r"\['decoder_input_ids'\] are inputs of an encoder-decoder language model"):
+        model(input_ids=ids, decoder_input_ids=ids)
+
+
+def test_t5_generates_from_embeddings_and_from_text_alone():
+    """generate() with an encoder-decoder LM: the prompt as embeddings gives what the ids give; no image is needed."""
+    config = presets.get_config("blip2", "tiny-t5")
+    processor = presets.get_processor("blip2", "tiny-t5", config)
+    torch.manual_seed(0)
+    model = vlmzoo.ZooBlip2ForConditionalGeneration(config).eval()
+    batch = processor(images=[make_image(40, 30, seed=3)], text=["What is it?"], return_tensors="pt")
+    options = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    from_ids = model.generate(**batch, **options)
+    with torch.no_grad():
+        features = model.get_image_features(batch["pixel_values"]).pooler_output[0]
+        embeds = model.get_input_embeddings()(batch["input_ids"])
+        embeds[batch["input_ids"] == config.image_token_id] = features
+    from_embeds = model.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"], **options)
+    torch.testing.assert_close(from_embeds, from_ids, rtol=0, atol=0)
+    assert from_ids[0, 0].item() == config.text_config.decoder_start_token_id
+    text_only = processor(text=["What is it?"], return_tensors="pt")
+    assert model.generate(**text_only, **options).shape == (1, 5)

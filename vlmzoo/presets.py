@@ -212,6 +212,26 @@ def _tiny_opt_config(tokenizer: PreTrainedTokenizerFast) -> dict:
     }
 
 
+def _tiny_t5_config(tokenizer: PreTrainedTokenizerFast) -> dict:
+    """A 2+2-layer Flan-T5-style LM (gated GELU, untied head; the decoder starts from the pad token, as T5's)."""
+    return {
+        "model_type": "t5",
+        "vocab_size": len(tokenizer),
+        "d_model": 64,
+        "d_kv": 16,
+        "d_ff": 128,
+        "num_layers": 2,
+        "num_decoder_layers": 2,
+        "num_heads": 4,
+        "relative_attention_num_buckets": 8,
+        "feed_forward_proj": "gated-gelu",
+        "tie_word_embeddings": False,
+        "decoder_start_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
 @_preset("blip2", "tiny")
 def _blip2_tiny(**overrides) -> dict:
     """BLIP-2 OPT in miniature: ViT 32 px / patch 8, a 2-layer Q-Former with 8 queries, a 2-layer OPT."""
@@ -230,6 +250,12 @@ def _blip2_tiny(**overrides) -> dict:
 def _blip2_tiny_llama() -> dict:
     """BLIP-2 with a 2-layer Llama (the decoder family of BLIP-2 Vicuna / MiniGPT-4)."""
     return _blip2_tiny(text_config=_tiny_text_config(build_tiny_tokenizer()))
+
+
+@_preset("blip2", "tiny-t5")
+def _blip2_tiny_t5() -> dict:
+    """BLIP-2 with a 2+2-layer Flan-T5-style encoder-decoder (the prompt is encoded, the answer decoded)."""
+    return _blip2_tiny(text_config=_tiny_t5_config(build_tiny_tokenizer()))
 
 
 # MiniGPT-4: frozen ViT and Q-Former; one linear projection into a LLaMA-family LM trains in both stages
@@ -270,6 +296,29 @@ def _blip2_opt_27b() -> dict:
     return {"text_config": _opt(2560, 32, 32), "num_query_tokens": 32, "image_token_id": 50265}
 
 
+def _flan_t5(d_model: int, d_ff: int, layers: int, heads: int) -> dict:
+    return {
+        "model_type": "t5",
+        "vocab_size": 32128,
+        "d_model": d_model,
+        "d_kv": 64,
+        "d_ff": d_ff,
+        "num_layers": layers,
+        "num_heads": heads,
+        "feed_forward_proj": "gated-gelu",
+        "tie_word_embeddings": False,
+        "decoder_start_token_id": 0,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+    }
+
+
+@_preset("blip2", "blip2-flan-t5-xl")
+def _blip2_flan_t5_xl() -> dict:
+    """BLIP-2 Flan-T5-XL: EVA ViT-g/14, 32 queries, Flan-T5-XL (24+24 layers, d_model 2048; ``<image>`` is 32100)."""
+    return {"text_config": _flan_t5(2048, 5120, 24, 32), "num_query_tokens": 32, "image_token_id": 32100}
+
+
 @_preset("blip2", "minigpt4-vicuna-13b")
 def _minigpt4_13b() -> dict:
     """MiniGPT-4 (Vicuna-13B): BLIP-2's frozen ViT-g + Q-Former (32 queries), one trainable Linear(768 -> 5120)."""
@@ -300,6 +349,23 @@ def _instructblip_tiny(**overrides) -> dict:
         "num_query_tokens": 8,
         "image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         **overrides,
+    }
+
+
+@_preset("instructblip", "tiny-t5")
+def _instructblip_tiny_t5() -> dict:
+    """InstructBLIP with a 2+2-layer Flan-T5-style encoder-decoder."""
+    return _instructblip_tiny(text_config=_tiny_t5_config(build_tiny_tokenizer()))
+
+
+@_preset("instructblip", "instructblip-flan-t5-xl")
+def _instructblip_flan_t5_xl() -> dict:
+    """InstructBLIP Flan-T5-XL: EVA ViT-g/14, instruction-aware Q-Former, Flan-T5-XL."""
+    return {
+        "qformer_config": {"vocab_size": 30523},
+        "text_config": _flan_t5(2048, 5120, 24, 32),
+        "num_query_tokens": 32,
+        "image_token_id": 32100,
     }
 
 

@@ -21,9 +21,16 @@ from typing import ClassVar
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+)
 
 from ..processing.image_transforms import dropped_tokens
+
+# encoder-decoder language models whose head is one linear layer on the decoder's (optionally d_model^-0.5
+# scaled, ``scale_decoder_outputs``) states, which the generic pair reproduces exactly (BLIP-2's Flan-T5)
+ENCODER_DECODER_LANGUAGE_MODELS = ("t5", "umt5")
 
 # attributes by which a sub-config shows that it describes a vision model (CLIP, SigLIP, ConvNeXt, Qwen2-VL, ...)
 VISION_CONFIG_MARKERS = ("image_size", "patch_size", "num_channels", "in_channels", "in_chans")
@@ -66,6 +73,8 @@ class ZooVLMConfig(PreTrainedConfig):
     default_training_stages: ClassVar[dict[str, list[str]]] = {}
     # the recipe's learning rate of each default stage
     recipe_learning_rates: ClassVar[dict[str, float]] = {}
+    # whether the family's language model may be an encoder-decoder (one of ENCODER_DECODER_LANGUAGE_MODELS)
+    supports_encoder_decoder_lm: ClassVar[bool] = False
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -95,7 +104,8 @@ class ZooVLMConfig(PreTrainedConfig):
         vision, text = self.vision_config, self.text_config
         if vision is not None:
             vision_type = getattr(vision, "model_type", type(vision).__name__)
-            if vision_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or not any(
+            language_model_types = {*MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, *MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES}
+            if vision_type in language_model_types or not any(
                 hasattr(vision, marker) for marker in VISION_CONFIG_MARKERS
             ):
                 raise ValueError(
@@ -109,6 +119,9 @@ class ZooVLMConfig(PreTrainedConfig):
                 f"text_config is a '{getattr(text, 'model_type', type(text).__name__)}' config without a vocab_size, "
                 f"which does not describe a language model; pass the language model's config as text_config"
             )
+        if text is not None and getattr(text, "is_encoder_decoder", False):
+            self._check_encoder_decoder_lm(text.model_type)
+        self.is_encoder_decoder = bool(text is not None and getattr(text, "is_encoder_decoder", False))
         if self.image_token_id is not None and vocab_size is not None and not 0 <= self.image_token_id < vocab_size:
             raise ValueError(
                 f"image_token_id={self.image_token_id} is outside the text vocabulary (vocab_size={vocab_size}); use the "
@@ -122,3 +135,16 @@ class ZooVLMConfig(PreTrainedConfig):
         strategy = getattr(self, "vision_feature_select_strategy", None)
         if strategy is not None:
             dropped_tokens(strategy)  # ValueError naming the valid strategies
+
+    def _check_encoder_decoder_lm(self, model_type: str) -> None:
+        if not self.supports_encoder_decoder_lm:
+            raise ValueError(
+                f"text_config is a '{model_type}' encoder-decoder, but {type(self).__name__} takes a decoder-only "
+                f"language model (Llama, OPT, ...); encoder-decoder LMs are supported by the Q-Former families "
+                f"(blip2, instructblip)"
+            )
+        if model_type not in ENCODER_DECODER_LANGUAGE_MODELS:
+            raise ValueError(
+                f"text_config is a '{model_type}' encoder-decoder; the supported encoder-decoder language models are "
+                f"{list(ENCODER_DECODER_LANGUAGE_MODELS)} (e.g. Flan-T5)"
+            )

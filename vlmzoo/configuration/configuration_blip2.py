@@ -39,7 +39,8 @@ class ZooBlip2Config(ZooVLMConfig):
     Args:
         vision_config: a ``Blip2VisionConfig`` (EVA ViT-g/14 at 224 px by default).
         qformer_config: a ``Blip2QFormerConfig`` (BERT-base sized, cross-attention every 2nd layer).
-        text_config: any decoder-only LM config (OPT by default; Llama / Vicuna for MiniGPT-4).
+        text_config: a decoder-only LM config (OPT by default; Llama / Vicuna for MiniGPT-4) or a T5 config
+            (Flan-T5: the prompt, after the image tokens, goes through T5's encoder; the answer is decoded).
         num_query_tokens: learned queries, hence image tokens per image (32).
         image_token_id: id of the ``<image>`` placeholder (the processor puts ``num_query_tokens`` of them
             before the prompt).
@@ -54,6 +55,7 @@ class ZooBlip2Config(ZooVLMConfig):
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="opt"),
     }
     component_table: ClassVar[dict[str, tuple[str, ...]]] = QFORMER_COMPONENTS
+    supports_encoder_decoder_lm: ClassVar[bool] = True
     # BLIP-2: stage 1 (representation learning) trains the Q-Former and its queries on a frozen ViT (lr 1e-4);
     # stage 2 (generative pre-training) trains the Q-Former + projection with the LLM frozen (lr 1e-4);
     # instruction / task fine-tuning keeps the LLM frozen (InstructBLIP: Q-Former + projection, lr 1e-5)
@@ -80,16 +82,11 @@ class ZooBlip2Config(ZooVLMConfig):
         super().__post_init__(**kwargs)
         if not isinstance(self.num_query_tokens, int) or self.num_query_tokens < 1:
             raise ValueError(f"num_query_tokens must be a positive integer, got {self.num_query_tokens!r}")
-        if self.text_config.is_encoder_decoder:
-            raise ValueError(
-                f"vlmzoo's Q-Former families take a decoder-only language model; got '{self.text_config.model_type}' "
-                f"(an encoder-decoder model such as Flan-T5 is not supported yet)"
-            )
         self.qformer_config.encoder_hidden_size = self.vision_config.hidden_size
 
     @property
     def use_decoder_only_language_model(self) -> bool:
-        """transformers' Blip2Config flag; vlmzoo's Q-Former families take decoder-only language models."""
+        """transformers' Blip2Config flag: ``False`` with an encoder-decoder LM (Flan-T5)."""
         return not self.text_config.is_encoder_decoder
 
     @property

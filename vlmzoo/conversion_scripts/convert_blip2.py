@@ -60,6 +60,8 @@ HF_KEY_TABLE = KeyTable(
         (r"language_projection\.(.+)", r"model.multi_modal_projector.\1"),
         (r"language_model\.lm_head\.(.+)", r"lm_head.\1"),
         (r"language_model\.model\.(.+)", r"model.language_model.\1"),
+        # an encoder-decoder LM (Flan-T5) is stored without the `model.` level
+        (r"language_model\.((?:shared|encoder|decoder)\..+)", r"model.language_model.\1"),
     ]
 )
 
@@ -88,11 +90,6 @@ def convert_hf_config(source: PreTrainedConfig, family: QFormerFamily, where: st
     if source.model_type != family.source_model_type:
         raise ConversionError(
             f"'{where}': --source hf converts model_type '{family.source_model_type}', got '{source.model_type}'"
-        )
-    if source.text_config.is_encoder_decoder:
-        raise ConversionError(
-            f"'{where}': the language model '{source.text_config.model_type}' is an encoder-decoder; vlmzoo converts "
-            f"decoder-only BLIP-2 / InstructBLIP checkpoints (OPT, Llama / Vicuna) only"
         )
     if source.image_token_index is None:
         raise ConversionError(

@@ -142,16 +142,32 @@ def check_pixel_input(name: str, pixels) -> None:
         )
 
 
-def check_labels(labels, batch: int, length: int) -> None:
-    """Labels of a causal LM: integer ids (-100 ignored) of the same (batch, sequence) shape as the inputs."""
+def check_labels(labels, batch: int, length: int, decoder: bool = False) -> None:
+    """Labels: integer ids (-100 ignored) of the same (batch, sequence) shape as the inputs (a causal LM) or as the
+    ``decoder_input_ids`` (an encoder-decoder LM, ``decoder=True``)."""
     _require_tensor("labels", labels, "target ids of shape (batch, sequence), -100 where ignored")
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise TypeError(f"labels must hold integer token ids (-100 where ignored), got dtype {labels.dtype}")
+    if decoder and labels.dim() != 2:
+        raise ValueError(f"labels must be (batch, target length), got shape {_shape(labels)}")
     if _shape(labels) != (batch, length):
-        raise ValueError(
-            f"labels have shape {_shape(labels)} but the inputs are ({batch}, {length}); labels need one entry per "
-            f"input token (the loss shifts them itself; -100 where nothing is learned)"
+        inputs, hint = ("decoder_input_ids", "one target per decoder input") if decoder else (
+            "inputs", "one entry per input token (the loss shifts them itself; -100 where nothing is learned)"
         )
+        raise ValueError(
+            f"labels have shape {_shape(labels)} but the {inputs} are ({batch}, {length}); labels need {hint}"
+        )
+
+
+def check_decoder_inputs(decoder_input_ids, decoder_inputs_embeds) -> None:
+    """The decoder side of an encoder-decoder LM: integer ``decoder_input_ids`` of shape (batch, target length)."""
+    if decoder_input_ids is not None:
+        _require_tensor("decoder_input_ids", decoder_input_ids, "token ids of shape (batch, target length)")
+        if decoder_input_ids.is_floating_point() or decoder_input_ids.dim() != 2:
+            raise ValueError(
+                f"decoder_input_ids must be integer ids of shape (batch, target length), got {decoder_input_ids.dtype} "
+                f"of shape {_shape(decoder_input_ids)}"
+            )
 
 
 def check_image_sizes(image_sizes, pixel_values: torch.Tensor) -> None:

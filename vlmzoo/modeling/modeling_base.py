@@ -14,6 +14,12 @@ table's reading (``set_training_stage``, component properties), and the generic 
 - :class:`ZooVLMForConditionalGeneration`: ``model`` + ``lm_head``, tied keys, the loss through
   ``loss_function`` and generation through ``GenerationMixin``.
 
+The language model is a decoder (Llama, OPT, …) or, for families whose config sets
+``supports_encoder_decoder_lm`` (BLIP-2 with Flan-T5), an encoder-decoder of the T5 family. Then the prompt,
+with the media placed at its placeholders, goes through the LM's encoder once (``encoder_outputs``, which
+``generate`` computes before the first decoding step), and the decoder reads ``decoder_input_ids`` (or the
+``labels`` shifted right); the head and the loss are the LM's own (T5's output scaling, unshifted labels).
+
 Conventions follow transformers 5.24 (``cache`` with ``past_key_values`` deprecated until 5.40, the
 multimodal output classes with ``image_outputs``), as native ``LlavaForConditionalGeneration`` does.
 """
@@ -30,10 +36,13 @@ from transformers import AutoModel, GenerationMixin, PreTrainedConfig, PreTraine
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import (
+    BaseModelOutput,
     BaseModelOutputWithPooling,
     MultimodalBaseModelOutputWithPast,
     MultimodalCausalLMOutputWithPast,
+    MultimodalModelOutput,
 )
+from transformers.models.bart.modeling_bart import shift_tokens_right
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, is_torchdynamo_compiling, logging, torch_compilable_check
@@ -41,6 +50,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from .input_checks import (
+    check_decoder_inputs,
     check_family_inputs,
     check_generation_mask,
     check_labels,
@@ -71,6 +81,51 @@ class ZooVLMCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
     """``…ForConditionalGeneration`` output: ``loss, logits, cache, hidden_states, attentions, image_outputs``."""
 
     image_hidden_states = property(_deprecated_image_hidden_states)
+
+
+@dataclass
+class ZooVLMSeq2SeqModelOutput(MultimodalModelOutput):
+    """Base-model output with an encoder-decoder LM: the decoder's ``last_hidden_state``, ``cache``,
+    ``decoder_hidden_states``, ``decoder_attentions``, ``cross_attentions``, the encoder's
+    ``encoder_last_hidden_state``, ``encoder_hidden_states``, ``encoder_attentions``, and ``image_outputs``."""
+
+    last_hidden_state: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
+    video_outputs: BaseModelOutputWithPooling | None = None
+
+    image_hidden_states = property(_deprecated_image_hidden_states)
+
+
+@dataclass
+class ZooVLMSeq2SeqLMOutput(MultimodalModelOutput):
+    """``…ForConditionalGeneration`` output with an encoder-decoder LM: ``loss, logits`` (decoder positions) and
+    the fields of :class:`ZooVLMSeq2SeqModelOutput`."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
+    video_outputs: BaseModelOutputWithPooling | None = None
+
+    image_hidden_states = property(_deprecated_image_hidden_states)
+
+
+# the inputs of an encoder-decoder language model's decoder side (in the forward signature of families whose
+# config supports one)
+SEQ2SEQ_INPUT_NAMES = ("decoder_input_ids", "decoder_attention_mask", "decoder_inputs_embeds", "encoder_outputs")
 
 
 class ZooPreTrainedModel(PreTrainedModel):
@@ -202,6 +257,14 @@ def _family_input_names(model_class: "type[ZooVLMModel]") -> tuple[str, ...]:
     return (*model_class.family_input_names, *extra_pixels)
 
 
+def _signature_extras(model_class: type, base_class: "type[ZooVLMModel]") -> tuple[str, ...]:
+    """Keyword inputs shown in a forward's signature beyond the generic ones: the family's, plus the decoder-side
+    inputs when the family's config accepts an encoder-decoder LM."""
+    config_class = getattr(model_class, "config_class", None)
+    seq2seq = SEQ2SEQ_INPUT_NAMES if getattr(config_class, "supports_encoder_decoder_lm", False) else ()
+    return (*_family_input_names(base_class), *seq2seq)
+
+
 def _with_family_inputs(forward, names: Iterable[str]):
     """``forward`` whose visible signature also lists the family's inputs (keyword-only, default ``None``).
 
@@ -242,7 +305,7 @@ class ZooVLMModel(ZooPreTrainedModel):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        names = _family_input_names(cls)
+        names = _signature_extras(cls, cls)
         if names and "forward" not in cls.__dict__:
             cls.forward = _with_family_inputs(ZooVLMModel.forward, names)
         # the feature functions check their pixels (and image_sizes) themselves: generate() calls them directly
@@ -353,6 +416,64 @@ class ZooVLMModel(ZooPreTrainedModel):
             if pixels is not None:
                 check_pixel_input(name, pixels)
 
+    def get_encoder(self, modality: str | None = None):
+        """The text encoder of an encoder-decoder LM (as native BLIP-2); a modality's encoder otherwise."""
+        if modality is None and self.config.is_encoder_decoder:
+            return self.language_model.get_encoder()
+        return super().get_encoder(modality=modality)
+
+    def embed_multimodal(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        cache: Cache | None,
+        pixel_inputs: dict[str, torch.Tensor | None],
+        family_inputs: dict,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None,
+    ) -> tuple[torch.Tensor, dict[str, BaseModelOutputWithPooling]]:
+        """Check the inputs, encode each modality's pixels once (unless ``mm_encoder_outputs`` has it) and write
+        the features at their placeholders: returns the language model's ``inputs_embeds`` and the encoders'
+        outputs by modality."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if any(pixels is not None for pixels in pixel_inputs.values()) and mm_encoder_outputs:
+            raise ValueError("pass either pixel_values or pre-computed mm_encoder_outputs, not both")
+        self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, cache, pixel_inputs)
+        # encode the pixels before embedding the text: backward then reaches the (possibly lm_head-tied)
+        # embeddings before the encoders, so their gradient is accumulated before the encoders' gradients
+        # exist (a lower training peak, as transformers' BLIP-2 orders it)
+        mm_encoder_outputs = dict(mm_encoder_outputs or {})
+        for modality, pixel_name in self.modality_pixel_inputs.items():
+            pixels = pixel_inputs.get(pixel_name)
+            if mm_encoder_outputs.get(modality) is None and pixels is not None and pixels.numel() > 0:
+                function, accepted = self._feature_function(modality)
+                arguments = {name: value for name, value in family_inputs.items() if name in accepted}
+                mm_encoder_outputs[modality] = function(pixels, **arguments, return_dict=True)
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        for modality in self.modality_pixel_inputs:
+            inputs_embeds = self._place_features(
+                modality, input_ids, inputs_embeds, mm_encoder_outputs.get(modality), cache
+            )
+        return inputs_embeds, mm_encoder_outputs
+
+    def _split_inputs(self, pixel_values, kwargs: dict) -> tuple[dict, dict, dict]:
+        """Take the family inputs, the pixel inputs and the decoder-side inputs out of ``kwargs``."""
+        family_inputs = {name: kwargs.pop(name) for name in self.family_input_names if name in kwargs}
+        pixel_inputs = {"pixel_values": pixel_values}
+        for name in self.modality_pixel_inputs.values():
+            if name != "pixel_values":
+                pixel_inputs[name] = kwargs.pop(name, None)
+        seq2seq_inputs = {name: kwargs.pop(name) for name in SEQ2SEQ_INPUT_NAMES if kwargs.get(name) is not None}
+        if seq2seq_inputs and not self.config.is_encoder_decoder:
+            raise ValueError(
+                f"{sorted(seq2seq_inputs)} are inputs of an encoder-decoder language model, but this model's language "
+                f"model ('{self.config.get_text_config().model_type}') is a decoder: pass input_ids only"
+            )
+        return family_inputs, pixel_inputs, seq2seq_inputs
+
     # ----- forward ------------------------------------------------------------------------------------
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -367,34 +488,17 @@ class ZooVLMModel(ZooPreTrainedModel):
         use_cache: bool | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> tuple | ZooVLMModelOutputWithPast:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if pixel_values is not None and mm_encoder_outputs:
-            raise ValueError("pass either pixel_values or pre-computed mm_encoder_outputs, not both")
-        family_inputs = {name: kwargs.pop(name) for name in self.family_input_names if name in kwargs}
-        pixel_inputs = {"pixel_values": pixel_values}
-        for name in self.modality_pixel_inputs.values():
-            if name != "pixel_values":
-                pixel_inputs[name] = kwargs.pop(name, None)
-        self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, cache, pixel_inputs)
-        # encode the pixels before embedding the text: backward then reaches the (possibly lm_head-tied)
-        # embeddings before the encoders, so their gradient is accumulated before the encoders' gradients
-        # exist (a lower training peak, as transformers' BLIP-2 orders it)
-        mm_encoder_outputs = dict(mm_encoder_outputs or {})
-        for modality, pixel_name in self.modality_pixel_inputs.items():
-            pixels = pixel_inputs[pixel_name]
-            if mm_encoder_outputs.get(modality) is None and pixels is not None and pixels.numel() > 0:
-                function, accepted = self._feature_function(modality)
-                arguments = {name: value for name, value in family_inputs.items() if name in accepted}
-                mm_encoder_outputs[modality] = function(pixels, **arguments, return_dict=True)
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-        for modality in self.modality_pixel_inputs:
-            inputs_embeds = self._place_features(
-                modality, input_ids, inputs_embeds, mm_encoder_outputs.get(modality), cache
-            )
-
+    ) -> tuple | ZooVLMModelOutputWithPast | ZooVLMSeq2SeqModelOutput:
+        family_inputs, pixel_inputs, seq2seq_inputs = self._split_inputs(pixel_values, kwargs)
+        if self.config.is_encoder_decoder:
+            return self._encoder_decoder_forward(
+                input_ids, inputs_embeds, attention_mask, cache, use_cache, pixel_inputs, family_inputs,
+                mm_encoder_outputs, seq2seq_inputs, kwargs,
+            )  # fmt: skip
+        inputs_embeds, mm_encoder_outputs = self.embed_multimodal(
+            input_ids, inputs_embeds, attention_mask, position_ids, cache, pixel_inputs, family_inputs,
+            mm_encoder_outputs,
+        )  # fmt: skip
         position_ids = self.compute_position_ids(
             input_ids, inputs_embeds, attention_mask, position_ids, cache, **family_inputs
         )
@@ -412,6 +516,53 @@ class ZooVLMModel(ZooPreTrainedModel):
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            image_outputs=mm_encoder_outputs.get("image"),
+            video_outputs=mm_encoder_outputs.get("video"),
+        )
+
+    def _encoder_decoder_forward(
+        self, input_ids, inputs_embeds, attention_mask, cache, use_cache, pixel_inputs, family_inputs,
+        mm_encoder_outputs, seq2seq_inputs: dict, kwargs: dict,
+    ) -> ZooVLMSeq2SeqModelOutput:  # fmt: skip
+        """An encoder-decoder LM: the prompt with its media through the encoder (unless ``encoder_outputs`` were
+        given, as on generate()'s decoding steps), then the decoder over ``decoder_input_ids``."""
+        encoder_outputs = seq2seq_inputs.pop("encoder_outputs", None)
+        check_decoder_inputs(seq2seq_inputs.get("decoder_input_ids"), seq2seq_inputs.get("decoder_inputs_embeds"))
+        mm_encoder_outputs = dict(mm_encoder_outputs or {})
+        if encoder_outputs is None:
+            inputs_embeds, mm_encoder_outputs = self.embed_multimodal(
+                input_ids, inputs_embeds, attention_mask, None, None, pixel_inputs, family_inputs, mm_encoder_outputs
+            )
+            encoder_outputs = self.get_encoder()(
+                inputs_embeds=inputs_embeds, attention_mask=attention_mask, return_dict=True, **kwargs
+            )
+        elif isinstance(encoder_outputs, (tuple, list)):
+            encoder_outputs = BaseModelOutput(*encoder_outputs)  # (last_hidden_state, hidden_states, attentions)
+        if "decoder_input_ids" not in seq2seq_inputs and "decoder_inputs_embeds" not in seq2seq_inputs:
+            # no target yet: the decoder's first step, from its start token (as transformers' Florence-2)
+            start = self.config.get_text_config(decoder=True).decoder_start_token_id
+            batch = encoder_outputs.last_hidden_state.shape[0]
+            seq2seq_inputs["decoder_input_ids"] = torch.full(
+                (batch, 1), start, dtype=torch.long, device=encoder_outputs.last_hidden_state.device
+            )
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            encoder_outputs=encoder_outputs,
+            cache=cache,
+            use_cache=use_cache,
+            return_dict=True,
+            **seq2seq_inputs,
+            **kwargs,
+        )
+        return ZooVLMSeq2SeqModelOutput(
+            last_hidden_state=outputs.last_hidden_state,
+            cache=outputs.cache,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
             image_outputs=mm_encoder_outputs.get("image"),
             video_outputs=mm_encoder_outputs.get("video"),
         )
@@ -452,7 +603,7 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
         base = cls.__dict__.get("base_model_class")
         if base is None:
             return
-        names = _family_input_names(base)
+        names = _signature_extras(cls, base)
         if names and "forward" not in cls.__dict__:
             cls.forward = _with_family_inputs(ZooVLMForConditionalGeneration.forward, names)
         # stable component names (DESIGN.md §4) as properties that read the base model
@@ -518,6 +669,37 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
         )
         return text_positions if positions is None else positions
 
+    def _maybe_prepare_encoder_kwargs_for_generation(
+        self, inputs_tensor, model_kwargs, model_input_name, generation_config
+    ) -> dict:
+        """With an encoder-decoder LM: run the prompt, with its media placed, through the LM's encoder once;
+        every decoding step then reads ``encoder_outputs`` (the pixels are not passed on)."""
+        if not self.config.is_encoder_decoder:
+            return super()._maybe_prepare_encoder_kwargs_for_generation(
+                inputs_tensor, model_kwargs, model_input_name, generation_config
+            )
+        if model_kwargs.get("encoder_outputs") is not None:
+            return model_kwargs
+        prompt = {"input_ids": None, "inputs_embeds": model_kwargs.pop("inputs_embeds", None)}
+        prompt["inputs_embeds" if model_input_name == "inputs_embeds" else "input_ids"] = inputs_tensor
+        base = self.model
+        pixel_names = set(base.modality_pixel_inputs.values())
+        media_names = (*pixel_names, *base.family_input_names)
+        media = {name: model_kwargs.pop(name) for name in media_names if name in model_kwargs}
+        family_inputs, pixel_inputs, _ = base._split_inputs(media.pop("pixel_values", None), media)
+        inputs_embeds, _ = base.embed_multimodal(
+            prompt["input_ids"], prompt["inputs_embeds"], model_kwargs.get("attention_mask"), None, None,
+            pixel_inputs, family_inputs, model_kwargs.pop("mm_encoder_outputs", None),
+        )  # fmt: skip
+        model_kwargs["encoder_outputs"] = base.get_encoder()(
+            inputs_embeds=inputs_embeds,
+            attention_mask=model_kwargs.get("attention_mask"),
+            output_attentions=generation_config.output_attentions,
+            output_hidden_states=generation_config.output_hidden_states,
+            return_dict=True,
+        )
+        return model_kwargs
+
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -533,10 +715,20 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> tuple | ZooVLMCausalLMOutputWithPast:
+    ) -> tuple | ZooVLMCausalLMOutputWithPast | ZooVLMSeq2SeqLMOutput:
         base = self.base_model_class
         family_inputs = {name: kwargs.pop(name) for name in _family_input_names(base) if name in kwargs}
-        if labels is not None:
+        seq2seq_inputs = {name: kwargs.pop(name) for name in SEQ2SEQ_INPUT_NAMES if kwargs.get(name) is not None}
+        text_config = self.config.get_text_config()
+        if labels is not None and self.config.is_encoder_decoder:
+            # the decoder's targets; without decoder inputs the decoder reads them shifted right (as T5 does)
+            decoder_ids = seq2seq_inputs.get("decoder_input_ids")
+            check_labels(labels, *(decoder_ids.shape if decoder_ids is not None else labels.shape[:2]), decoder=True)
+            if "decoder_input_ids" not in seq2seq_inputs and "decoder_inputs_embeds" not in seq2seq_inputs:
+                seq2seq_inputs["decoder_input_ids"] = shift_tokens_right(
+                    labels, text_config.pad_token_id, text_config.decoder_start_token_id
+                )
+        elif labels is not None:
             inputs = input_ids if input_ids is not None else inputs_embeds
             if isinstance(inputs, torch.Tensor) and inputs.dim() >= 2:
                 check_labels(labels, inputs.shape[0], inputs.shape[1])
@@ -551,15 +743,24 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
             mm_encoder_outputs=mm_encoder_outputs,
             return_dict=True,
             **family_inputs,
+            **seq2seq_inputs,
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        if self.config.is_encoder_decoder and getattr(text_config, "scale_decoder_outputs", False):
+            hidden_states = hidden_states * text_config.d_model**-0.5  # T5's head reads d_model^-0.5-scaled states
         logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:
-            loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.get_text_config().vocab_size, **kwargs
-            )
+            # a decoder's labels are aligned with its inputs (the decoder reads them shifted right): not shifted again
+            if self.config.is_encoder_decoder:
+                kwargs.setdefault("shift_labels", labels.contiguous())
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=text_config.vocab_size, **kwargs)
+        if self.config.is_encoder_decoder:
+            return ZooVLMSeq2SeqLMOutput(loss=loss, logits=logits, **{
+                name: getattr(outputs, name) for name in ZooVLMSeq2SeqModelOutput.__dataclass_fields__
+                if name != "last_hidden_state"
+            })  # fmt: skip
         return ZooVLMCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
