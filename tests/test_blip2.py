@@ -357,3 +357,26 @@ def test_t5_generates_from_embeddings_and_from_text_alone():
     assert from_ids[0, 0].item() == config.text_config.decoder_start_token_id
     text_only = processor(text=["What is it?"], return_tensors="pt")
     assert model.generate(**text_only, **options).shape == (1, 5)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-t5"])
+def test_float16_keeps_the_qformer_in_float32_and_matches_transformers(preset, tmp_path):
+    """``_keep_in_fp32_modules`` as transformers' BLIP-2: a float16 load keeps the Q-Former and its queries in
+    float32, and the half-precision logits equal the reference's loaded the same way."""
+    _save_reference("blip2", preset, tmp_path / "source")
+    assert convert_blip2.main(["--source", "hf", "--input", str(tmp_path / "source"), "--output", str(tmp_path / "out")]) == 0
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out", dtype=torch.float16).eval()
+    reference = Blip2ForConditionalGeneration.from_pretrained(tmp_path / "source", dtype=torch.float16).eval()
+    kept = {name for name, p in model.named_parameters() if p.dtype == torch.float32}
+    # ... and the language model's own float32 modules (T5's feed-forward output `wo`), as in the reference
+    own = model.model.language_model._keep_in_fp32_modules or []
+    expected = {name for name, _ in model.named_parameters()
+                if name.startswith(("model.qformer.", "model.query_tokens.")) or set(name.split(".")) & set(own)}
+    assert kept == expected
+    assert model.lm_head.weight.dtype == torch.float16
+    batch = _inputs(AutoProcessor.from_pretrained(tmp_path / "out"), [make_image(80, 48, seed=1)], PROMPTS[:1])
+    batch["pixel_values"] = batch["pixel_values"].half()
+    if model.config.is_encoder_decoder:
+        batch["labels"] = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, rtol=0, atol=0)

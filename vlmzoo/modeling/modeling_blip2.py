@@ -30,6 +30,8 @@ class ZooBlip2PreTrainedModel(ZooPreTrainedModel):
     config: ZooBlip2Config
     config_class = ZooBlip2Config
     _supports_flash_attn = False  # transformers' Q-Former has no flash-attention path
+    # as transformers' BLIP-2: the Q-Former and its queries stay in float32 when the model loads in float16
+    _keep_in_fp32_modules = ["query_tokens", "qformer"]
 
 
 class ZooBlip2Model(ZooBlip2PreTrainedModel, ZooVLMModel):
