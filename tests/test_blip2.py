@@ -315,11 +315,21 @@ def test_quick_demo_runs_both_stages(family, tmp_path):
     assert type(result.reloaded_model) is vlmzoo.get_family(family).for_generation_class
 
 
-def test_default_configs_construct_with_their_image_token_in_the_vocabulary():
+def test_image_token_id_defaults_to_none_as_transformers_and_presets_set_it():
     from vlmzoo.configuration.configuration_blip2 import ZooBlip2Config, ZooInstructBlipConfig
 
-    for config in (ZooBlip2Config(), ZooInstructBlipConfig()):
-        assert 0 <= config.image_token_id < config.text_config.vocab_size
+    # as Blip2Config.image_token_index: the id belongs to the tokenizer, so a bare config has none
+    assert ZooBlip2Config().image_token_id is None and ZooInstructBlipConfig().image_token_id is None
+    for family in ("blip2", "instructblip"):
+        for preset in presets.preset_names(family):
+            config = presets.get_config(family, preset)
+            assert 0 <= config.image_token_id < config.text_config.vocab_size, (family, preset)
+    # without an id the images have nowhere to go: a clear error, not a silent text-only answer
+    config = presets.get_config("blip2", "tiny", image_token_id=None)
+    model = vlmzoo.ZooBlip2ForConditionalGeneration(config).eval()
+    pixels = torch.zeros(1, 3, config.vision_config.image_size, config.vision_config.image_size)
+    with pytest.raises(ValueError, match="config.image_token_id is not set"):
+        model(input_ids=torch.tensor([[5, 6]]), pixel_values=pixels)
 
 
 

@@ -43,7 +43,8 @@ class ZooBlip2Config(ZooVLMConfig):
             (Flan-T5: the prompt, after the image tokens, goes through T5's encoder; the answer is decoded).
         num_query_tokens: learned queries, hence image tokens per image (32).
         image_token_id: id of the ``<image>`` placeholder (the processor puts ``num_query_tokens`` of them
-            before the prompt).
+            before the prompt). ``None`` by default, as transformers' ``Blip2Config.image_token_index``: the id
+            depends on the tokenizer (OPT checkpoints: 50265), so presets and conversion set it.
         training_stages: stage name -> trained components (defaults: the BLIP-2 recipe).
     """
 
@@ -73,6 +74,7 @@ class ZooBlip2Config(ZooVLMConfig):
     }
 
     qformer_config: dict | Blip2QFormerConfig | None = None
+    image_token_id: int | None = None
     num_query_tokens: int = 32
     # width of the stage-1 image-text projections (ITC), as transformers' Blip2Config
     image_text_hidden_size: int = 256
@@ -107,8 +109,7 @@ class ZooInstructBlipConfig(ZooBlip2Config):
     sub_configs_defaults = {
         "vision_config": InstructBlipVisionConfig,
         "qformer_config": InstructBlipQFormerConfig,
-        # Vicuna's 32000 tokens plus the added image (and pad) tokens, so the default image_token_id fits
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama", init_kwargs={"vocab_size": 32064}),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
     }
 
     qformer_config: dict | InstructBlipQFormerConfig | None = None

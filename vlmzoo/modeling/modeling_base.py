@@ -265,15 +265,25 @@ def _signature_extras(model_class: type, base_class: "type[ZooVLMModel]") -> tup
     return (*_family_input_names(base_class), *seq2seq)
 
 
-def _with_family_inputs(forward, names: Iterable[str]):
+def _with_family_inputs(forward, names: Iterable[str], pixels_first: tuple[str, ...] = ()):
     """``forward`` whose visible signature also lists the family's inputs (keyword-only, default ``None``).
 
     generate() validates its keyword arguments and the Trainer keeps dataset columns by ``forward``'s
-    signature; the family inputs themselves travel through ``**kwargs``.
+    signature; the family inputs themselves travel through ``**kwargs``. With ``pixels_first`` (BLIP-2's
+    ``("pixel_values", "input_ids", "attention_mask")``), a floating first positional argument - never valid
+    token ids - binds in that order, as transformers' ``model(pixel_values, input_ids, attention_mask)``.
     """
 
     @functools.wraps(forward)
     def family_forward(self, *args, **kwargs):
+        if pixels_first and args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
+            if len(args) > len(pixels_first):
+                raise TypeError(f"with pixel_values first, forward() takes at most {len(pixels_first)} positional inputs")
+            for name, value in zip(pixels_first, args):
+                if name in kwargs:
+                    raise TypeError(f"forward() got multiple values for argument '{name}'")
+                kwargs[name] = value
+            args = ()
         return forward(self, *args, **kwargs)
 
     signature = inspect.signature(forward)
@@ -377,6 +387,13 @@ class ZooVLMModel(ZooPreTrainedModel):
     ) -> torch.Tensor:
         """Write a modality's embeddings at its placeholders, after checking that the counts agree."""
         token_id = getattr(self.config, f"{modality}_token_id")
+        if token_id is None:
+            if encoder_output is None:
+                return inputs_embeds
+            raise ValueError(
+                f"config.{modality}_token_id is not set, so the {modality} features have no placeholders; set it to "
+                f"the tokenizer's {modality} token id (the processor's `{modality}_token_id`)"
+            )
         mask = self.get_placeholder_mask(input_ids, inputs_embeds, token_id)
         if encoder_output is None:
             # native behaviour: placeholders without pixels embed as ordinary tokens; say why once
@@ -604,8 +621,9 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
         if base is None:
             return
         names = _signature_extras(cls, base)
-        if names and "forward" not in cls.__dict__:
-            cls.forward = _with_family_inputs(ZooVLMForConditionalGeneration.forward, names)
+        pixels_first = getattr(cls, "native_pixels_first_order", ())
+        if (names or pixels_first) and "forward" not in cls.__dict__:
+            cls.forward = _with_family_inputs(ZooVLMForConditionalGeneration.forward, names, pixels_first)
         # stable component names (DESIGN.md §4) as properties that read the base model
         for paths in cls.config_class.component_table.values():
             for path in paths:
@@ -620,8 +638,13 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(text_config.hidden_size, text_config.vocab_size, bias=False)
         # the tied source is wherever the language model keeps its input embeddings (Llama: `embed_tokens`,
         # OPT: `decoder.embed_tokens`); an instance attribute, read by post_init's tie bookkeeping
-        self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{self._input_embeddings_path()}.weight"}
+        embeddings = f"model.language_model.{self._input_embeddings_path()}"
+        self._tied_weights_keys = {"lm_head.weight": f"{embeddings}.weight"}
         self.post_init()
+        # a tied head IS the embedding: shard both or neither. transformers adds `embed_tokens` to a language
+        # model's TP plan only when it has a plan and the embedding is its direct child (Llama); OPT has neither
+        if "lm_head" in self._tp_plan and embeddings not in self._tp_plan:
+            self._tp_plan = {key: style for key, style in self._tp_plan.items() if key != "lm_head"}
 
     def _input_embeddings_path(self) -> str:
         """Module path of the input embeddings inside the language model (e.g. ``decoder.embed_tokens``)."""

@@ -110,7 +110,29 @@ class ZooBlip2Model(ZooBlip2PreTrainedModel, ZooVLMModel):
         return outputs
 
 
-class ZooBlip2ForConditionalGeneration(ZooBlip2PreTrainedModel, ZooVLMForConditionalGeneration, GenerationMixin):
+class QFormerGenerationMixin:
+    """What transformers' Q-Former models expose: ``vision_model``, pixels first, generation always cached."""
+
+    # transformers' Q-Former models are called as model(pixel_values, input_ids, attention_mask)
+    native_pixels_first_order = ("pixel_values", "input_ids", "attention_mask")
+
+    @property
+    def vision_model(self):
+        """transformers' name of the vision tower (``vision_tower`` in vlmzoo)."""
+        return self.model.vision_tower
+
+    def generate(self, *args, **kwargs):
+        """As transformers' Q-Former models: with a decoder-only LM, generation always uses the cache (they generate
+        from ``inputs_embeds``, for which ``GenerationMixin`` ignores ``use_cache=False``); an encoder-decoder LM
+        honours ``use_cache``."""
+        if not self.config.is_encoder_decoder:
+            kwargs["use_cache"] = True
+        return super().generate(*args, **kwargs)
+
+
+class ZooBlip2ForConditionalGeneration(
+    QFormerGenerationMixin, ZooBlip2PreTrainedModel, ZooVLMForConditionalGeneration, GenerationMixin
+):
     """BLIP-2 with its LM head: ``AutoModelForImageTextToText`` loads it."""
 
     base_model_class = ZooBlip2Model

@@ -17,7 +17,7 @@ from transformers.utils.generic import can_return_tuple
 
 from ..configuration.configuration_blip2 import ZooInstructBlipConfig
 from .modeling_base import ZooPreTrainedModel, ZooVLMForConditionalGeneration
-from .modeling_blip2 import ZooBlip2Model
+from .modeling_blip2 import QFormerGenerationMixin, ZooBlip2Model
 
 
 class ZooInstructBlipPreTrainedModel(ZooPreTrainedModel):
@@ -79,6 +79,7 @@ class ZooInstructBlipModel(ZooInstructBlipPreTrainedModel, ZooBlip2Model):
 
 
 class ZooInstructBlipForConditionalGeneration(
+    QFormerGenerationMixin,
     ZooInstructBlipPreTrainedModel, ZooVLMForConditionalGeneration, GenerationMixin
 ):
     """InstructBLIP with its LM head: ``AutoModelForImageTextToText`` loads it."""
