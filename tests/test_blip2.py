@@ -219,6 +219,14 @@ def test_recipes_follow_the_papers():
     projector = sum(p.numel() for p in minigpt4.multi_modal_projector.parameters())
     assert counts == {"vision_tower": 0, "qformer": 0, "multi_modal_projector": projector, "language_model": 0}
     assert minigpt4.config.text_config.model_type == "llama"
+    # MiniGPT-4's own rates (stage 1 at 1e-4, stage 2 at 3e-5) travel with the config, through save and load
+    assert recipe_learning_rate(minigpt4, "align") == 1e-4 and recipe_learning_rate(minigpt4, "instruct") == 3e-5
+    reloaded = type(minigpt4.config).from_dict(minigpt4.config.to_dict())
+    assert reloaded.recipe_learning_rates == minigpt4.config.recipe_learning_rates
+    with pytest.raises(ValueError, match="names stage 'stage3', which is not a training stage"):
+        presets.get_config("blip2", "tiny", recipe_learning_rates={"stage3": 1e-4})
+    with pytest.raises(ValueError, match="must be a positive number, got -0.1"):
+        presets.get_config("blip2", "tiny", recipe_learning_rates={"align": -0.1})
 
 
 @pytest.mark.parametrize(

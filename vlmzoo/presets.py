@@ -268,10 +268,20 @@ MINIGPT4_STAGES = {
 }
 
 
+MINIGPT4_LEARNING_RATES = {"align": 1e-4, "instruct": 3e-5, "full": 3e-5}
+
+
+def _minigpt4_recipe() -> dict:
+    return {
+        "training_stages": {k: list(v) for k, v in MINIGPT4_STAGES.items()},
+        "recipe_learning_rates": dict(MINIGPT4_LEARNING_RATES),
+    }
+
+
 @_preset("blip2", "tiny-minigpt4")
 def _blip2_tiny_minigpt4() -> dict:
     """MiniGPT-4 in miniature: BLIP-2's layout, a Llama LM, only the projection trains."""
-    return {**_blip2_tiny_llama(), "training_stages": {k: list(v) for k, v in MINIGPT4_STAGES.items()}}
+    return {**_blip2_tiny_llama(), **_minigpt4_recipe()}
 
 
 def _opt(hidden: int, layers: int, heads: int) -> dict:
@@ -326,7 +336,7 @@ def _minigpt4_13b() -> dict:
         "text_config": _vicuna(5120, 40, 40, 13824),
         "num_query_tokens": 32,
         "image_token_id": 32000,
-        "training_stages": {k: list(v) for k, v in MINIGPT4_STAGES.items()},
+        **_minigpt4_recipe(),
     }
 
 

@@ -5,8 +5,9 @@ the component table and the typed training-stage table.
 A family config subclasses :class:`ZooVLMConfig`, declares its ``sub_configs_defaults``, its
 ``component_table`` (component name -> attribute paths in the base model; every parameter of the model
 belongs to exactly one component) and its paper's recipe (``default_training_stages`` and
-``recipe_learning_rates``). ``training_stages`` stored in the config (and in ``config.json``) overrides
-the recipe; every stage is checked against the component table.
+``default_learning_rates``). ``training_stages`` and ``recipe_learning_rates`` stored in the config (and in
+``config.json``) override the recipe (a preset such as MiniGPT-4 carries its own); every stage is checked
+against the component table, every learning rate against the stages.
 
 Fields every family shares are validated here at construction, with a message that says what to change:
 ``image_token_id`` inside the text vocabulary, a ``vision_config`` that describes a vision model and a
@@ -64,6 +65,7 @@ class ZooVLMConfig(PreTrainedConfig):
         text_config: the language model's transformers config.
         image_token_id: id of the image placeholder token in the tokenizer.
         training_stages: stage name -> components that train (defaults: the family's recipe).
+        recipe_learning_rates: stage name -> the recipe's learning rate (defaults: the family's paper).
         tie_word_embeddings: tie ``lm_head`` to the input embeddings; on whenever the text config ties.
     """
 
@@ -71,8 +73,8 @@ class ZooVLMConfig(PreTrainedConfig):
     # "language_model"); families override
     component_table: ClassVar[dict[str, tuple[str, ...]]] = {}
     default_training_stages: ClassVar[dict[str, list[str]]] = {}
-    # the recipe's learning rate of each default stage
-    recipe_learning_rates: ClassVar[dict[str, float]] = {}
+    # the paper's learning rate of each default stage
+    default_learning_rates: ClassVar[dict[str, float]] = {}
     # whether the family's language model may be an encoder-decoder (one of ENCODER_DECODER_LANGUAGE_MODELS)
     supports_encoder_decoder_lm: ClassVar[bool] = False
 
@@ -80,6 +82,7 @@ class ZooVLMConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     image_token_id: int = 32000
     training_stages: dict[str, list[str]] | None = None
+    recipe_learning_rates: dict[str, float] | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -98,6 +101,16 @@ class ZooVLMConfig(PreTrainedConfig):
                     f"training stage '{stage}' names unknown components {unknown}; "
                     f"valid components: {list(self.component_table)}"
                 )
+        if self.recipe_learning_rates is None:
+            self.recipe_learning_rates = dict(self.default_learning_rates)
+        for stage, rate in self.recipe_learning_rates.items():
+            if stage not in self.training_stages:
+                raise ValueError(
+                    f"recipe_learning_rates names stage '{stage}', which is not a training stage of this config; "
+                    f"stages: {sorted(self.training_stages)}"
+                )
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+                raise ValueError(f"the learning rate of stage '{stage}' must be a positive number, got {rate!r}")
 
     def _check_shared_fields(self) -> None:
         """The sub-configs' kinds, the image token and the vision feature selection (see the module docstring)."""

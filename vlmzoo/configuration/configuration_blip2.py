@@ -66,7 +66,7 @@ class ZooBlip2Config(ZooVLMConfig):
         "instruct": ["qformer", "multi_modal_projector"],
         "full": ["vision_tower", "qformer", "multi_modal_projector", "language_model"],
     }
-    recipe_learning_rates: ClassVar[dict[str, float]] = {
+    default_learning_rates: ClassVar[dict[str, float]] = {
         "qformer_pretrain": 1e-4,
         "align": 1e-4,
         "instruct": 1e-5,

@@ -75,7 +75,7 @@ class ZooLlavaConfig(ZooVLMConfig):
         "instruct": ["multi_modal_projector", "language_model"],
         "full": ["vision_tower", "multi_modal_projector", "language_model"],
     }
-    recipe_learning_rates: ClassVar[dict[str, float]] = {"align": 1e-3, "instruct": 2e-5, "full": 2e-5}
+    default_learning_rates: ClassVar[dict[str, float]] = {"align": 1e-3, "instruct": 2e-5, "full": 2e-5}
 
     projector_type: str = "mlp2x_gelu"
     projector_config: dict | None = None
