@@ -398,3 +398,40 @@ def test_float16_keeps_the_qformer_in_float32_and_matches_transformers(preset, t
         batch["labels"] = torch.tensor([[5, 6, 7]])
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, rtol=0, atol=0)
+
+
+def test_native_call_forms_and_names():
+    """transformers' Q-Former models take pixel_values first, positionally, and call the tower vision_model."""
+    for family, order in (("blip2", ("pixel_values", "input_ids", "attention_mask")),
+                          ("instructblip", ("pixel_values", "qformer_input_ids", "qformer_attention_mask",
+                                            "input_ids", "attention_mask"))):  # fmt: skip
+        config = presets.get_config(family, "tiny")
+        processor = presets.get_processor(family, "tiny", config)
+        model = vlmzoo.get_family(family).for_generation_class(config).eval()
+        assert model.vision_model is model.model.vision_tower
+        batch = processor(images=[make_image(40, 30)], text=["What is it?"], return_tensors="pt")
+        with torch.no_grad():
+            by_keyword = model(**batch).logits
+            by_position = model(*(batch[name] for name in order)).logits
+        torch.testing.assert_close(by_position, by_keyword, rtol=0, atol=0)
+        with pytest.raises(TypeError, match="got multiple values for argument 'input_ids'"):
+            model(*(batch[name] for name in order), input_ids=batch["input_ids"])
+        # token ids first stays the generic call form
+        rest = {key: value for key, value in batch.items() if key != "input_ids"}
+        with torch.no_grad():
+            torch.testing.assert_close(model(batch["input_ids"], **rest).logits, by_keyword)
+
+
+def test_tensor_parallel_plan_shards_a_tied_head_only_with_its_embedding():
+    opt = vlmzoo.ZooBlip2ForConditionalGeneration(presets.get_config("blip2", "tiny"))  # OPT: no TP plan of its own
+    assert opt.config.tie_word_embeddings and "lm_head" not in (opt._tp_plan or {})
+    llama = vlmzoo.ZooBlip2ForConditionalGeneration(presets.get_config("blip2", "tiny-llama"))
+    assert llama._tp_plan.get("lm_head") == "colwise_gather_output"
+
+
+def test_t5_refuses_position_ids():
+    config = presets.get_config("blip2", "tiny-t5")
+    model = vlmzoo.ZooBlip2ForConditionalGeneration(config).eval()
+    ids = torch.tensor([[5, 6, 7]])
+    with pytest.raises(ValueError, match="position_ids are not an input of an encoder-decoder language model"):
+        model(input_ids=ids, position_ids=torch.arange(3)[None])

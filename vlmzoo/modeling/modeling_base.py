@@ -278,7 +278,10 @@ def _with_family_inputs(forward, names: Iterable[str], pixels_first: tuple[str, 
     def family_forward(self, *args, **kwargs):
         if pixels_first and args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
             if len(args) > len(pixels_first):
-                raise TypeError(f"with pixel_values first, forward() takes at most {len(pixels_first)} positional inputs")
+                raise TypeError(
+                    f"with pixel_values first, forward() takes at most {len(pixels_first)} positional inputs "
+                    f"({', '.join(pixels_first)}); pass the others by keyword"
+                )
             for name, value in zip(pixels_first, args):
                 if name in kwargs:
                     raise TypeError(f"forward() got multiple values for argument '{name}'")
@@ -508,6 +511,11 @@ class ZooVLMModel(ZooPreTrainedModel):
     ) -> tuple | ZooVLMModelOutputWithPast | ZooVLMSeq2SeqModelOutput:
         family_inputs, pixel_inputs, seq2seq_inputs = self._split_inputs(pixel_values, kwargs)
         if self.config.is_encoder_decoder:
+            if position_ids is not None:
+                raise ValueError(
+                    f"position_ids are not an input of an encoder-decoder language model "
+                    f"('{self.config.get_text_config().model_type}' positions are relative): leave them out"
+                )
             return self._encoder_decoder_forward(
                 input_ids, inputs_embeds, attention_mask, cache, use_cache, pixel_inputs, family_inputs,
                 mm_encoder_outputs, seq2seq_inputs, kwargs,

@@ -113,8 +113,10 @@ class ZooBlip2Model(ZooBlip2PreTrainedModel, ZooVLMModel):
 class QFormerGenerationMixin:
     """What transformers' Q-Former models expose: ``vision_model``, pixels first, generation always cached."""
 
-    # transformers' Q-Former models are called as model(pixel_values, input_ids, attention_mask)
-    native_pixels_first_order = ("pixel_values", "input_ids", "attention_mask")
+    # transformers' BLIP-2 takes its inputs positionally in this order: model(pixel_values, input_ids, ...)
+    native_pixels_first_order = (
+        "pixel_values", "input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask"
+    )  # fmt: skip
 
     @property
     def vision_model(self):

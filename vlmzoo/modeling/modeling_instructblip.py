@@ -84,6 +84,12 @@ class ZooInstructBlipForConditionalGeneration(
 ):
     """InstructBLIP with its LM head: ``AutoModelForImageTextToText`` loads it."""
 
+    # transformers' InstructBLIP: model(pixel_values, qformer_input_ids, qformer_attention_mask, input_ids, ...)
+    native_pixels_first_order = (
+        "pixel_values", "qformer_input_ids", "qformer_attention_mask", "input_ids", "attention_mask",
+        "decoder_input_ids", "decoder_attention_mask",
+    )  # fmt: skip
+
     base_model_class = ZooInstructBlipModel
 
 
