@@ -310,11 +310,13 @@ def test_chat_template_writes_no_image_placeholder():
 
 
 # ----- the demo -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("family", ["blip2", "instructblip"])
-def test_quick_demo_runs_both_stages(family, tmp_path):
+@pytest.mark.parametrize("family, preset", [("blip2", "tiny"), ("instructblip", "tiny"), ("blip2", "tiny-t5")])
+def test_quick_demo_runs_both_stages(family, preset, tmp_path):
     from vlmzoo import demo
 
-    args = demo.parse_args(["--quick", "--family", family, "--output-dir", str(tmp_path), "--num-eval", "6"])
+    args = demo.parse_args(
+        ["--quick", "--family", family, "--preset", preset, "--output-dir", str(tmp_path), "--num-eval", "6"]
+    )
     result = demo.run_demo(args)
     assert [stage.name for stage in result.stages] == ["align", "instruct"]
     align, instruct = (stage.trainable for stage in result.stages)
@@ -435,3 +437,64 @@ def test_t5_refuses_position_ids():
     ids = torch.tensor([[5, 6, 7]])
     with pytest.raises(ValueError, match="position_ids are not an input of an encoder-decoder language model"):
         model(input_ids=ids, position_ids=torch.arange(3)[None])
+
+
+# ----- training with an encoder-decoder LM -------------------------------------------------------------------
+def test_collator_gives_an_encoder_decoder_the_prompt_as_input_and_the_last_reply_as_labels():
+    from _synthetic import conversation, make_conversations, reply_texts
+
+    from vlmzoo.training import IGNORE_INDEX, VLMDataCollator
+
+    processor = presets.get_processor("blip2", "tiny-t5")
+    tokenizer = processor.tokenizer
+    examples = make_conversations(2, seed=4)
+    causal = VLMDataCollator(processor)(examples)
+    batch = VLMDataCollator(processor, encoder_decoder=True)(examples)
+    for row, example in enumerate(examples):
+        labels = [t for t in batch["labels"][row].tolist() if t != IGNORE_INDEX]
+        assert labels[-1] == tokenizer.eos_token_id
+        assert reply_texts(example)[0].strip() in tokenizer.decode(labels, skip_special_tokens=True)
+        # the encoder's input is the causal row up to where the reply starts, padded on the right
+        reply_start = int((causal["labels"][row] != IGNORE_INDEX).nonzero()[0, 0])
+        length = int(batch["attention_mask"][row].sum())
+        assert length == reply_start
+        torch.testing.assert_close(batch["input_ids"][row, :length], causal["input_ids"][row, :reply_start])
+        assert (batch["input_ids"][row, length:] == tokenizer.pad_token_id).all()
+    assert int((batch["input_ids"] == processor.image_token_id).sum()) == 2 * presets.get_config("blip2", "tiny-t5").num_query_tokens
+    # a multi-turn chat: the earlier reply is context for the encoder, only the last is the target
+    chat = conversation(make_image(30, 30), "What color?", "red")
+    chat["messages"] += [{"role": "user", "content": [{"type": "text", "text": "And the shape?"}]},
+                         {"role": "assistant", "content": [{"type": "text", "text": "a square"}]}]  # fmt: skip
+    batch = VLMDataCollator(processor, encoder_decoder=True)([chat])
+    assert "red" in tokenizer.decode(batch["input_ids"][0]) and "square" not in tokenizer.decode(batch["input_ids"][0])
+    assert "a square" in tokenizer.decode(batch["labels"][0], skip_special_tokens=True)
+
+
+def test_trainer_fine_tunes_blip2_with_flan_t5_in_the_align_stage(tmp_path):
+    from _synthetic import make_conversations
+    from transformers import Trainer, TrainingArguments
+
+    from vlmzoo.training import VLMDataCollator
+
+    config = presets.get_config("blip2", "tiny-t5")
+    processor = presets.get_processor("blip2", "tiny-t5", config)
+    torch.manual_seed(0)
+    model = vlmzoo.ZooBlip2ForConditionalGeneration(config)
+    model.set_training_stage("align")  # Q-Former and projection; the ViT and Flan-T5 frozen
+    frozen = {name: p.detach().clone() for name, p in model.named_parameters() if name.startswith("model.language_model.")}
+    examples = make_conversations(8, seed=1)
+    collator = VLMDataCollator(processor, encoder_decoder=True)
+    batch = collator(examples)
+    with torch.no_grad():
+        before = model(**batch).loss.item()
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=8, learning_rate=3e-3,
+        lr_scheduler_type="constant", report_to=[], save_strategy="no", remove_unused_columns=False, use_cpu=True,
+        disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    Trainer(model=model, args=args, train_dataset=examples, data_collator=collator).train()
+    model.eval()
+    with torch.no_grad():
+        after = model(**batch).loss.item()
+    assert after < 0.8 * before, (before, after)
+    assert all(torch.equal(p, frozen[name]) for name, p in model.named_parameters() if name in frozen)

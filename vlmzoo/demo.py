@@ -7,8 +7,8 @@ Hugging Face ``Trainer`` and ``vlmzoo.training.VLMDataCollator``. The data are s
 ``vlmzoo.synthetic`` with questions only the image answers (colour, shape, position). The demo prints the
 held-out accuracy before training, after each stage and the chance level, saves the model and processor,
 reloads them with ``AutoModelForImageTextToText`` / ``AutoProcessor`` and answers questions about a
-freshly drawn image. The model is the family's ``tiny`` preset; ``DEMO_SIZE_OVERRIDES`` may resize it for
-the demo (LLaVA: a 256-wide vision tower) and the reason is printed.
+freshly drawn image. The model is the family's ``tiny`` preset (or another offline preset, ``--preset``);
+``DEMO_SIZE_OVERRIDES`` may resize it for the demo (LLaVA: a 256-wide vision tower) and the reason is printed.
 
 Owns: the demo's arguments (``DemoArguments``, parsed with ``HfArgumentParser``), the evaluation by greedy
 generation (``evaluate_accuracy``), ``run_demo`` (returns the models and numbers, for tests) and ``main``.
@@ -52,7 +52,10 @@ PRESET = "tiny"
 class DemoArguments:
     """Arguments of ``vlmzoo demo`` (each is also a ``--flag``)."""
 
-    family: str = field(default="llava", metadata={"help": "model family (vlmzoo.FAMILIES key); preset 'tiny'"})
+    family: str = field(default="llava", metadata={"help": "model family (vlmzoo.FAMILIES key)"})
+    preset: str = field(
+        default="tiny", metadata={"help": "the family's offline preset, e.g. tiny, or tiny-t5 for BLIP-2 with Flan-T5"}
+    )
     output_dir: str = field(default="./demo_output", metadata={"help": "where the trained model + processor go"})
     seed: int = field(default=0, metadata={"help": "seed of the data, the initial weights and the training order"})
     num_train: int = field(
@@ -82,6 +85,11 @@ class DemoArguments:
         from .auto import get_family
 
         get_family(self.family)  # ValueError naming the registered families
+        from .presets import preset_names
+
+        offline = [name for name in preset_names(self.family) if name.startswith("tiny")]
+        if self.preset not in offline:
+            raise ValueError(f"--preset {self.preset!r}: family '{self.family}' has the offline presets {offline}")
         if self.quick:
             self.num_eval = min(self.num_eval, 24)
             self.stage1_steps, self.stage2_steps = min(self.stage1_steps, 4), min(self.stage2_steps, 12)
@@ -146,20 +154,20 @@ def _qformer_demo_size(config) -> tuple[dict, str]:
     return {"vision_config": vision, "training_stages": stages}, why
 
 
-def build_demo_model(family: str):
-    """The ``tiny`` preset of ``family`` (with the demo's size overrides, if any), its processor, the reason.
+def build_demo_model(family: str, preset: str = PRESET):
+    """The ``preset`` of ``family`` (with the demo's size overrides, if any), its processor, the reason.
 
     The model's weights are freshly initialised from the current torch seed.
     """
     from .auto import get_family
     from .presets import get_config, get_processor
 
-    config = get_config(family, PRESET)
+    config = get_config(family, preset)
     why = "as is"
     if family in DEMO_SIZE_OVERRIDES:
         overrides, why = DEMO_SIZE_OVERRIDES.get(family)(config)
-        config = get_config(family, PRESET, **overrides)
-    processor = get_processor(family, PRESET, config)
+        config = get_config(family, preset, **overrides)
+    processor = get_processor(family, preset, config)
     model = get_family(family).for_generation_class(config)
     return model, processor, why
 
@@ -195,8 +203,9 @@ def generate_answers(model, processor, examples: Sequence[VQAExample], batch_siz
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-        # (batch, prompt + new tokens) -> the new tokens only
-        answers.extend(tokenizer.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
+        # (batch, prompt + new tokens) -> the new tokens only; an encoder-decoder returns (start token + new tokens)
+        prefix = 1 if model.config.is_encoder_decoder else inputs["input_ids"].shape[1]
+        answers.extend(tokenizer.batch_decode(generated[:, prefix:], skip_special_tokens=True))
     model.train(was_training)
     return answers
 
@@ -252,7 +261,8 @@ def train_stage(
         seed=args.seed,
         data_seed=args.seed,
     )
-    trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=VLMDataCollator(processor))
+    collator = VLMDataCollator(processor, encoder_decoder=model.config.is_encoder_decoder)
+    trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
     started = time.perf_counter()
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -273,7 +283,7 @@ def run_demo(args: DemoArguments) -> DemoResult:
 def _run_demo(args: DemoArguments) -> DemoResult:
     started = time.perf_counter()
     set_seed(args.seed)
-    model, processor, size_note = build_demo_model(args.family)
+    model, processor, size_note = build_demo_model(args.family, args.preset)
     image_size = model.config.vision_config.image_size
     eval_examples = make_examples(args.num_eval, seed=args.seed + 1, image_size=image_size)
     chance = chance_accuracy(eval_examples)
@@ -281,7 +291,7 @@ def _run_demo(args: DemoArguments) -> DemoResult:
     parameters = sum(p.numel() for p in model.parameters())
     print(f"vlmzoo demo: a tiny {type(model).__name__} ({parameters:,d} parameters, random init) learns to answer")
     print(f"questions about synthetic images: {args.num_train} training / {args.num_eval} held-out examples.")
-    print(f"model: preset '{PRESET}' of family '{args.family}' {size_note}")
+    print(f"model: preset '{args.preset}' of family '{args.family}' {size_note}")
     print(f"e.g. Q: {eval_examples[0].question}  A: {eval_examples[0].answer}")
     stage_parts = {stage: " + ".join(model.config.training_stages[stage]) for stage in ("align", "instruct")}
     print(f"training follows the {args.family} recipe: stage 1 aligns ({stage_parts['align']}), stage 2 "

@@ -3,6 +3,11 @@
 Labels come from the chat template's assistant mask (``{% generation %}`` blocks, via transformers'
 ``return_assistant_tokens_mask``): only assistant replies are learned; the prompt, the image tokens and
 the padding are -100. Works with any vlmzoo processor.
+
+For a model whose language model is an encoder-decoder (BLIP-2 / InstructBLIP with Flan-T5,
+``encoder_decoder=True``), the last assistant reply becomes the decoder's ``labels`` (ending with the
+tokenizer's EOS, as T5 targets do) and everything before it, earlier replies included, is the encoder's
+``input_ids``; the model shifts the labels right into ``decoder_input_ids`` itself.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class VLMDataCollator:
 
     processor: Any
     max_length: int | None = None
+    encoder_decoder: bool = False  # the model's config.is_encoder_decoder (Flan-T5 language models)
 
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
         if not examples:
@@ -86,7 +92,30 @@ class VLMDataCollator:
         assistant_mask = batch.pop("assistant_masks").bool()
         if not assistant_mask.any(dim=1).all():
             raise ValueError("an example has no assistant reply to learn from (no tokens inside {% generation %})")
+        if self.encoder_decoder:
+            return self._split_last_reply(dict(batch), assistant_mask & batch["attention_mask"].bool())
         labels = input_ids.masked_fill(~assistant_mask, IGNORE_INDEX)
         labels = labels.masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
         batch["labels"] = labels
         return dict(batch)
+
+    def _split_last_reply(self, batch: dict, reply_mask: torch.Tensor) -> dict:
+        """Encoder-decoder rows: the prompt (up to the last reply) as ``input_ids``, that reply (+ EOS) as labels."""
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        prompts, replies = [], []
+        for ids, mask in zip(batch["input_ids"].tolist(), reply_mask.tolist()):
+            end = max(index for index, inside in enumerate(mask) if inside) + 1
+            start = end
+            while start > 0 and mask[start - 1]:  # the last contiguous reply
+                start -= 1
+            reply = ids[start:end]
+            if eos is not None and reply[-1] != eos:
+                reply.append(eos)
+            prompts.append(ids[:start])
+            replies.append(reply)
+        width, target = max(map(len, prompts)), max(map(len, replies))
+        batch["input_ids"] = torch.tensor([row + [pad] * (width - len(row)) for row in prompts])
+        batch["attention_mask"] = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in prompts])
+        batch["labels"] = torch.tensor([row + [IGNORE_INDEX] * (target - len(row)) for row in replies])
+        return batch
