@@ -1,6 +1,6 @@
 """Speed and memory baseline: a vlmzoo family against its transformers reference, in one process.
 
-Owns the ``python benchmarks/compare_reference.py --family {llava,blip2}`` measurements:
+Owns the ``python benchmarks/compare_reference.py --family {llava,blip2,blip2-t5}`` measurements:
 
 - ``llava``: vlmzoo's ``ZooLlavaForConditionalGeneration`` against transformers' ``LlavaForConditionalGeneration``
   (LLaVA 1.5, Liu et al. 2023, "Improved Baselines with Visual Instruction Tuning": CLIP ViT -> mlp2x_gelu -> Llama).
@@ -8,6 +8,8 @@ Owns the ``python benchmarks/compare_reference.py --family {llava,blip2}`` measu
   (Li et al. 2023, "BLIP-2": ViT -> Q-Former with learned queries -> linear projection -> OPT). The weights go
   through the BLIP-2 converter's own key table and conversion plan (``convert_blip2.HF_KEY_TABLE``), so the
   benchmark renames nothing by hand.
+- ``blip2-t5``: the same with a Flan-T5-style encoder-decoder LM (BLIP-2 Flan-T5): the prompt is encoded, prefill
+  and generation start from the decoder start token, the train step's labels are a 16-token answer.
 
 Method (the README beside this file explains it at length):
 - The reference is built with random init in fp32; vlmzoo's model then receives the *same* weights (as they are
@@ -73,7 +75,9 @@ MIB = 2**20
 
 @dataclass
 class BenchmarkArguments:
-    family: Literal["llava", "blip2"] = field(default="llava", metadata={"help": "vlmzoo family to compare"})
+    family: Literal["llava", "blip2", "blip2-t5"] = field(
+        default="llava", metadata={"help": "vlmzoo family to compare (blip2-t5: BLIP-2 with a Flan-T5-style LM)"}
+    )
     size: Literal["small", "tiny"] = field(
         default="small", metadata={"help": "'small': realistic layer sizes, few layers; 'tiny': a seconds-long smoke run"}
     )
@@ -118,6 +122,10 @@ class ModelPair:
     inputs: dict[str, torch.Tensor]
     labels: torch.Tensor
     description: dict
+    # an encoder-decoder LM: the train step's inputs (labels replace the decoder start) and generate()'s output
+    # holds the decoder start, not the prompt, before the new tokens
+    train_inputs: dict[str, torch.Tensor] | None = None
+    generated_prefix: int | None = None
 
 
 def build_llava_pair(size: str, attn_implementation: str, device: torch.device, seed: int, text_tokens: int) -> ModelPair:
@@ -239,7 +247,21 @@ def load_through_key_table(ours: torch.nn.Module, state_dict: dict[str, torch.Te
     }
 
 
-def build_blip2_pair(size: str, attn_implementation: str, device: torch.device, seed: int, text_tokens: int) -> ModelPair:
+# Flan-T5-style language models of about the OPT ones' cost: gated-GELU, untied head, half the layers each side
+BLIP2_T5_TEXT: dict[str, dict] = {
+    "small": {"d_model": 1024, "d_kv": 64, "d_ff": 2816, "num_layers": 4, "num_heads": 16, "vocab_size": 32064},
+    "tiny": {"d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 1, "num_heads": 4, "vocab_size": 320},
+}
+ANSWER_TOKENS = 16  # the T5 train step's target length
+
+
+def build_blip2_t5_pair(size: str, attn_implementation: str, device: torch.device, seed: int, text_tokens: int):
+    return build_blip2_pair(size, attn_implementation, device, seed, text_tokens, language_model="t5")
+
+
+def build_blip2_pair(
+    size: str, attn_implementation: str, device: torch.device, seed: int, text_tokens: int, language_model: str = "opt"
+) -> ModelPair:
     spec = BLIP2_SIZES[size]
     no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}  # same loss on both sides
     # Blip2VisionConfig's initializer_range is 1e-10, which leaves a random tower all but silent: the image would
@@ -248,6 +270,9 @@ def build_blip2_pair(size: str, attn_implementation: str, device: torch.device, 
     qformer = {**spec["qformer"], **no_dropout}
     text = {"model_type": "opt", **spec["text"], "dropout": 0.0, "attention_dropout": 0.0, "bos_token_id": BOS,
             "eos_token_id": EOS, "pad_token_id": PAD}
+    if language_model == "t5":
+        text = {"model_type": "t5", **BLIP2_T5_TEXT[size], "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False,
+                "dropout_rate": 0.0, "decoder_start_token_id": PAD, "eos_token_id": EOS, "pad_token_id": PAD}  # fmt: skip
     image_token_id, num_query_tokens = spec["image_token_id"], spec["num_query_tokens"]
 
     torch.manual_seed(seed)
@@ -270,6 +295,12 @@ def build_blip2_pair(size: str, attn_implementation: str, device: torch.device, 
     pixel_values = torch.randn(1, 3, vision["image_size"], vision["image_size"], generator=generator)
     labels = input_ids.masked_fill(input_ids == image_token_id, -100)
     inputs = {"input_ids": input_ids, "pixel_values": pixel_values, "attention_mask": torch.ones_like(input_ids)}
+    train_inputs = generated_prefix = None
+    if language_model == "t5":  # the prompt is encoded; prefill and generate start from the decoder start token
+        labels = torch.randint(3, image_token_id, (1, ANSWER_TOKENS), generator=generator)
+        train_inputs = dict(inputs)
+        inputs["decoder_input_ids"] = torch.full((1, 1), PAD)
+        generated_prefix = 1
     description = {
         "ours": f"vlmzoo.{type(ours).__name__}",
         "reference": f"transformers.{type(reference).__name__}",
@@ -291,10 +322,15 @@ def build_blip2_pair(size: str, attn_implementation: str, device: torch.device, 
             for side, model in (("ours", ours), ("reference", reference))
         },
     }
-    return ModelPair(ours, reference, {k: v.to(device) for k, v in inputs.items()}, labels.to(device), description)
+    if train_inputs is not None:
+        train_inputs = {k: v.to(device) for k, v in train_inputs.items()}
+    return ModelPair(ours, reference, {k: v.to(device) for k, v in inputs.items()}, labels.to(device), description,
+                     train_inputs, generated_prefix)  # fmt: skip
 
 
-PAIR_BUILDERS: dict[str, Callable[..., ModelPair]] = {"llava": build_llava_pair, "blip2": build_blip2_pair}
+PAIR_BUILDERS: dict[str, Callable[..., ModelPair]] = {
+    "llava": build_llava_pair, "blip2": build_blip2_pair, "blip2-t5": build_blip2_t5_pair
+}  # fmt: skip
 
 
 # ----- measurement helpers ------------------------------------------------------------------------------
@@ -371,7 +407,8 @@ def make_workloads(pair: ModelPair, max_new_tokens: int) -> list[Workload]:
         side: torch.optim.SGD(model.parameters(), lr=1e-4)
         for side, model in (("ours", pair.ours), ("reference", pair.reference))
     }
-    prompt_length = pair.inputs["input_ids"].shape[1]
+    prompt_length = pair.generated_prefix or pair.inputs["input_ids"].shape[1]
+    train_inputs = pair.train_inputs or pair.inputs
 
     def prefill(model, side):
         with torch.inference_mode():
@@ -386,7 +423,7 @@ def make_workloads(pair: ModelPair, max_new_tokens: int) -> list[Workload]:
     def train_step(model, side):
         model.train()
         optimizers[side].zero_grad(set_to_none=True)
-        loss = model(**pair.inputs, labels=pair.labels).loss
+        loss = model(**train_inputs, labels=pair.labels).loss
         loss.backward()
         optimizers[side].step()
         model.eval()
