@@ -498,3 +498,25 @@ def test_trainer_fine_tunes_blip2_with_flan_t5_in_the_align_stage(tmp_path):
         after = model(**batch).loss.item()
     assert after < 0.8 * before, (before, after)
     assert all(torch.equal(p, frozen[name]) for name, p in model.named_parameters() if name in frozen)
+
+
+def test_collator_gives_the_qformer_the_instruction_never_the_answer():
+    """InstructBLIP trains on what it sees at inference: the Q-Former reads the prompt, not the reply it learns."""
+    from _synthetic import make_conversations
+
+    from vlmzoo.training import VLMDataCollator
+
+    processor = presets.get_processor("instructblip", "tiny")
+    examples = make_conversations(3, seed=3)
+    batch = VLMDataCollator(processor)(examples)
+    for row, example in enumerate(examples):
+        prompt_messages = example["messages"][:-1]
+        inference = processor.apply_chat_template(
+            [prompt_messages], add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        )
+        length = int(batch["qformer_attention_mask"][row].sum())
+        assert batch["qformer_input_ids"][row, :length].tolist() == inference["qformer_input_ids"][0].tolist()
+        answer = example["messages"][-1]["content"][0]["text"]
+        assert answer not in processor.qformer_tokenizer.decode(batch["qformer_input_ids"][row])
+    # the language model still reads the whole conversation, and learns the reply
+    assert (batch["labels"] != -100).any(dim=1).all()

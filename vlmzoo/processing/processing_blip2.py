@@ -191,6 +191,17 @@ class ZooInstructBlipProcessor(ZooBlip2Processor):
         encoded = self.qformer_tokenizer(texts, **text_kwargs)
         return {"qformer_input_ids": encoded["input_ids"], "qformer_attention_mask": encoded["attention_mask"]}
 
+    def prompt_only_inputs(self, prompts: list[str], **text_kwargs) -> dict:
+        """The Q-Former's instruction inputs for ``prompts`` (the rendered prompts *without* the replies).
+
+        Training collators call this: the Q-Former reads the instruction only, never the answer it is trained to
+        produce (InstructBLIP feeds LAVIS's ``text_input``, not ``text_output``, to the Q-Former), so a batch made
+        from whole conversations takes its ``qformer_*`` inputs from here.
+        """
+        text_kwargs.setdefault("padding", True)
+        text_kwargs.setdefault("return_tensors", "pt")
+        return self._qformer_encoding(list(prompts), text_kwargs)
+
     @classmethod
     def from_model_config(cls, config, tokenizer, *, qformer_tokenizer, **options):
         """As ``ZooBlip2Processor.from_model_config``, with the Q-Former's tokenizer."""

@@ -2,7 +2,9 @@
 
 Labels come from the chat template's assistant mask (``{% generation %}`` blocks, via transformers'
 ``return_assistant_tokens_mask``): only assistant replies are learned; the prompt, the image tokens and
-the padding are -100. Works with any vlmzoo processor.
+the padding are -100. Works with any vlmzoo processor. Inputs that must see the prompt only (InstructBLIP's
+Q-Former instruction: it must not read the answer it learns to give) come from the processor's
+``prompt_only_inputs`` over each conversation rendered up to its last reply, as at inference.
 
 For a model whose language model is an encoder-decoder (BLIP-2 / InstructBLIP with Flan-T5,
 ``encoder_decoder=True``), the last assistant reply becomes the decoder's ``labels`` (ending with the
@@ -83,6 +85,8 @@ class VLMDataCollator:
             return_tensors="pt",
             processor_kwargs={"padding": True, "padding_side": "right"},
         )
+        if hasattr(self.processor, "prompt_only_inputs"):
+            batch.update(self.processor.prompt_only_inputs(self._prompts(conversations)))
         input_ids = batch["input_ids"]
         if self.max_length is not None and input_ids.shape[1] > self.max_length:
             raise ValueError(
@@ -98,6 +102,15 @@ class VLMDataCollator:
         labels = labels.masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
         batch["labels"] = labels
         return dict(batch)
+
+    def _prompts(self, conversations) -> list[str]:
+        """Each conversation rendered up to (without) its last assistant reply, with the generation prompt."""
+        prompts = []
+        for messages in conversations:
+            last = max((i for i, message in enumerate(messages) if message["role"] == "assistant"), default=None)
+            history = list(messages[:last]) if last is not None else list(messages)
+            prompts.append(self.processor.apply_chat_template(history, add_generation_prompt=True, tokenize=False))
+        return prompts
 
     def _split_last_reply(self, batch: dict, reply_mask: torch.Tensor) -> dict:
         """Encoder-decoder rows: the prompt (up to the last reply) as ``input_ids``, that reply (+ EOS) as labels."""
