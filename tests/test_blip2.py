@@ -520,3 +520,25 @@ def test_collator_gives_the_qformer_the_instruction_never_the_answer():
         assert answer not in processor.qformer_tokenizer.decode(batch["qformer_input_ids"][row])
     # the language model still reads the whole conversation, and learns the reply
     assert (batch["labels"] != -100).any(dim=1).all()
+
+
+@pytest.mark.parametrize("family, preset", [("blip2", "tiny"), ("blip2", "tiny-t5"), ("instructblip", "tiny")])
+def test_generate_takes_transformers_call_forms(family, preset, tmp_path):
+    """As transformers' Q-Former models: generate(pixel_values, ...) positionally, and an image without a prompt."""
+    reference, reference_processor = _save_reference(family, preset, tmp_path / "source")
+    assert CONVERTERS[family].main(["--source", "hf", "--input", str(tmp_path / "source"), "--output", str(tmp_path / "out")]) == 0
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").eval()
+    batch = _inputs(reference_processor, [make_image(50, 40, seed=6)], PROMPTS[:1])
+    options = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    order = [name for name in model.native_pixels_first_order if name in batch]
+    positional = [batch[name] for name in order]
+    torch.testing.assert_close(model.generate(*positional, **options), reference.generate(*positional, **options))
+    if family == "blip2":  # transformers' InstructBLIP needs the instruction
+        pixels_only = model.generate(batch["pixel_values"], **options)
+        if model.config.is_encoder_decoder:
+            # transformers' BLIP-2 appends the LM's BOS, which T5 has not (it raises); vlmzoo reads the queries alone
+            queries = torch.full((1, model.config.num_query_tokens), model.config.image_token_id)
+            expected = model.generate(pixel_values=batch["pixel_values"], input_ids=queries, **options)
+        else:
+            expected = reference.generate(batch["pixel_values"], **options)
+        torch.testing.assert_close(pixels_only, expected)

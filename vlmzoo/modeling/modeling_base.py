@@ -265,6 +265,23 @@ def _signature_extras(model_class: type, base_class: "type[ZooVLMModel]") -> tup
     return (*_family_input_names(base_class), *seq2seq)
 
 
+def bind_pixels_first(args: tuple, kwargs: dict, order: tuple[str, ...], method: str) -> tuple[tuple, dict]:
+    """transformers' Q-Former call form: when the first positional argument is floating (pixels, never token ids),
+    bind the positional arguments to the names in ``order`` (e.g. ``pixel_values, input_ids, attention_mask``)."""
+    if not (order and args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point()):
+        return args, kwargs
+    if len(args) > len(order):
+        raise TypeError(
+            f"with pixel_values first, {method}() takes at most {len(order)} positional inputs ({', '.join(order)}); "
+            f"pass the others by keyword"
+        )
+    for name, value in zip(order, args):
+        if name in kwargs:
+            raise TypeError(f"{method}() got multiple values for argument '{name}'")
+        kwargs = {**kwargs, name: value}
+    return (), kwargs
+
+
 def _with_family_inputs(forward, names: Iterable[str], pixels_first: tuple[str, ...] = ()):
     """``forward`` whose visible signature also lists the family's inputs (keyword-only, default ``None``).
 
@@ -276,17 +293,7 @@ def _with_family_inputs(forward, names: Iterable[str], pixels_first: tuple[str, 
 
     @functools.wraps(forward)
     def family_forward(self, *args, **kwargs):
-        if pixels_first and args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
-            if len(args) > len(pixels_first):
-                raise TypeError(
-                    f"with pixel_values first, forward() takes at most {len(pixels_first)} positional inputs "
-                    f"({', '.join(pixels_first)}); pass the others by keyword"
-                )
-            for name, value in zip(pixels_first, args):
-                if name in kwargs:
-                    raise TypeError(f"forward() got multiple values for argument '{name}'")
-                kwargs[name] = value
-            args = ()
+        args, kwargs = bind_pixels_first(args, kwargs, pixels_first, "forward")
         return forward(self, *args, **kwargs)
 
     signature = inspect.signature(forward)

@@ -23,7 +23,13 @@ from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
 from ..configuration.configuration_blip2 import ZooBlip2Config
-from .modeling_base import LearnedTokens, ZooPreTrainedModel, ZooVLMForConditionalGeneration, ZooVLMModel
+from .modeling_base import (
+    LearnedTokens,
+    ZooPreTrainedModel,
+    ZooVLMForConditionalGeneration,
+    ZooVLMModel,
+    bind_pixels_first,
+)
 
 
 class ZooBlip2PreTrainedModel(ZooPreTrainedModel):
@@ -124,11 +130,20 @@ class QFormerGenerationMixin:
         return self.model.vision_tower
 
     def generate(self, *args, **kwargs):
-        """As transformers' Q-Former models: with a decoder-only LM, generation always uses the cache (they generate
-        from ``inputs_embeds``, for which ``GenerationMixin`` ignores ``use_cache=False``); an encoder-decoder LM
-        honours ``use_cache``."""
+        """``GenerationMixin.generate`` with transformers' Q-Former conventions: pixels may come first, positionally
+        (``generate(pixel_values, input_ids, attention_mask)``); pixels without a prompt read the query placeholders
+        (and BOS, when the LM has one), as transformers builds them; with a decoder-only LM, generation always uses
+        the cache (transformers generates from ``inputs_embeds``, for which ``use_cache=False`` is ignored)."""
+        order = tuple(name for name in self.native_pixels_first_order if not name.startswith("decoder_"))
+        args, kwargs = bind_pixels_first(args, kwargs, order, "generate")
         if not self.config.is_encoder_decoder:
             kwargs["use_cache"] = True
+        pixels = kwargs.get("pixel_values")
+        if pixels is not None and not args and kwargs.get("input_ids") is None and kwargs.get("inputs_embeds") is None:
+            start = [self.config.image_token_id] * self.config.num_query_tokens
+            bos = getattr(self.config.get_text_config(), "bos_token_id", None)
+            start += [bos] if bos is not None else []
+            kwargs["input_ids"] = torch.tensor([start], device=pixels.device).repeat(pixels.shape[0], 1)
         return super().generate(*args, **kwargs)
 
 
