@@ -21,13 +21,13 @@ with the media placed at its placeholders, goes through the LM's encoder once (`
 ``labels`` shifted right); the head and the loss are the LM's own (T5's output scaling, unshifted labels).
 
 Conventions follow transformers 5.24 (``cache`` with ``past_key_values`` deprecated until 5.40, the
-multimodal output classes with ``image_outputs``), as native ``LlavaForConditionalGeneration`` does.
+multimodal output classes with ``image_outputs``, in ``outputs.py``), as native ``LlavaForConditionalGeneration``
+does.
 """
 
 import functools
 import inspect
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -35,17 +35,16 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import (
-    BaseModelOutput,
-    BaseModelOutputWithPooling,
-    MultimodalBaseModelOutputWithPast,
-    MultimodalCausalLMOutputWithPast,
-    MultimodalModelOutput,
-)
-from transformers.models.bart.modeling_bart import shift_tokens_right
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.bart.modeling_bart import shift_tokens_right
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, is_torchdynamo_compiling, logging, torch_compilable_check
+from transformers.utils import (
+    TransformersKwargs,
+    is_torchdynamo_compiling,
+    logging,
+    torch_compilable_check,
+)
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
@@ -57,70 +56,14 @@ from .input_checks import (
     check_pixel_input,
     check_text_inputs,
 )
+from .outputs import (
+    ZooVLMCausalLMOutputWithPast,
+    ZooVLMModelOutputWithPast,
+    ZooVLMSeq2SeqLMOutput,
+    ZooVLMSeq2SeqModelOutput,
+)
 
 logger = logging.get_logger(__name__)
-
-
-def _deprecated_image_hidden_states(output) -> list[torch.Tensor] | None:
-    logger.warning_once(
-        "`image_hidden_states` is deprecated (as in transformers' LLaVA); use `out.image_outputs.pooler_output`, "
-        "the per-image list of projected visual embeddings."
-    )
-    return None if output.image_outputs is None else output.image_outputs.pooler_output
-
-
-@dataclass
-class ZooVLMModelOutputWithPast(MultimodalBaseModelOutputWithPast):
-    """Base-model output: ``last_hidden_state, cache, hidden_states, attentions, image_outputs, video_outputs``."""
-
-    image_hidden_states = property(_deprecated_image_hidden_states)
-
-
-@dataclass
-class ZooVLMCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
-    """``…ForConditionalGeneration`` output: ``loss, logits, cache, hidden_states, attentions, image_outputs``."""
-
-    image_hidden_states = property(_deprecated_image_hidden_states)
-
-
-@dataclass
-class ZooVLMSeq2SeqModelOutput(MultimodalModelOutput):
-    """Base-model output with an encoder-decoder LM: the decoder's ``last_hidden_state``, ``cache``,
-    ``decoder_hidden_states``, ``decoder_attentions``, ``cross_attentions``, the encoder's
-    ``encoder_last_hidden_state``, ``encoder_hidden_states``, ``encoder_attentions``, and ``image_outputs``."""
-
-    last_hidden_state: torch.FloatTensor | None = None
-    cache: Cache | None = None
-    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
-    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
-    encoder_last_hidden_state: torch.FloatTensor | None = None
-    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
-    image_outputs: BaseModelOutputWithPooling | None = None
-    video_outputs: BaseModelOutputWithPooling | None = None
-
-    image_hidden_states = property(_deprecated_image_hidden_states)
-
-
-@dataclass
-class ZooVLMSeq2SeqLMOutput(MultimodalModelOutput):
-    """``…ForConditionalGeneration`` output with an encoder-decoder LM: ``loss, logits`` (decoder positions) and
-    the fields of :class:`ZooVLMSeq2SeqModelOutput`."""
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    cache: Cache | None = None
-    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
-    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
-    encoder_last_hidden_state: torch.FloatTensor | None = None
-    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
-    image_outputs: BaseModelOutputWithPooling | None = None
-    video_outputs: BaseModelOutputWithPooling | None = None
-
-    image_hidden_states = property(_deprecated_image_hidden_states)
 
 
 # the inputs of an encoder-decoder language model's decoder side (in the forward signature of families whose
