@@ -500,3 +500,31 @@ def test_processor_counts_image_tokens_without_pixels_as_it_expands_them(case, s
     counted = processor._get_num_multimodal_tokens(image_sizes=[size, size])
     assert counted.num_image_tokens == [placeholders, placeholders]
     assert counted.num_image_patches == [1, 1]
+
+
+def test_activation_checkpointing_gives_the_same_gradients(case):
+    """Every sub-model recomputes its layers in backward; the gradients must not change (dropout draws included)."""
+    model, processor = build(case)
+    batch, _, _ = two_prompt_batch(processor)
+    batch = with_decoder_target(model, batch)
+    tokens, token_mask = logit_tokens(model, batch)
+    labels = tokens.masked_fill(~token_mask, -100)
+    model.set_training_stage("full")
+    model.train()
+
+    def gradients() -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same dropout draws in both runs
+        model(**batch, labels=labels).loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    model.activation_checkpointing_enable()
+    checkpointed_layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False)]
+    assert checkpointed_layers
+    checkpointed = gradients()
+    assert set(checkpointed) == set(plain)
+    for name in plain:
+        # the recompute may sum in another order: float32 rounding, relative to the gradient's scale
+        tolerance = 4e-6 * max(1.0, plain[name].abs().max().item())
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=tolerance, rtol=0, msg=name)
