@@ -310,7 +310,9 @@ def test_chat_template_writes_no_image_placeholder():
 
 
 # ----- the demo -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("family, preset", [("blip2", "tiny"), ("instructblip", "tiny"), ("blip2", "tiny-t5")])
+@pytest.mark.parametrize(
+    "family, preset", [("blip2", "tiny"), ("instructblip", "tiny"), ("blip2", "tiny-t5"), ("instructblip", "tiny-t5")]
+)
 def test_quick_demo_runs_both_stages(family, preset, tmp_path):
     from vlmzoo import demo
 
