@@ -66,7 +66,9 @@ class ZooVLMConfig(PreTrainedConfig):
         image_token_id: id of the image placeholder token in the tokenizer.
         training_stages: stage name -> components that train (defaults: the family's recipe).
         recipe_learning_rates: stage name -> the recipe's learning rate (defaults: the family's paper).
-        tie_word_embeddings: tie ``lm_head`` to the input embeddings; on whenever the text config ties.
+        tie_word_embeddings: tie ``lm_head`` to the input embeddings; ``None`` (default): as the text config
+            does. ``False`` unties even a text config that ties (a Flan-T5 head stored apart from the embeddings;
+            transformers 5.24's ``T5Config`` always says it ties).
     """
 
     # component name -> attribute paths of the base model (the generation class adds `lm_head` to
@@ -83,13 +85,13 @@ class ZooVLMConfig(PreTrainedConfig):
     image_token_id: int = 32000
     training_stages: dict[str, list[str]] | None = None
     recipe_learning_rates: dict[str, float] | None = None
-    tie_word_embeddings: bool = False
+    tie_word_embeddings: bool | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         self._check_shared_fields()
-        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
-            self.tie_word_embeddings = True
+        if self.tie_word_embeddings is None:
+            self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
         if self.training_stages is None:
             self.training_stages = {name: list(parts) for name, parts in self.default_training_stages.items()}
         for stage, components in self.training_stages.items():

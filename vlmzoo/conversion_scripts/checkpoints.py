@@ -235,6 +235,18 @@ class CheckpointReader:
         """Every tensor name, in the order :meth:`iter_tensors` yields them."""
         return list(self.tensors)
 
+    def read(self, key: str) -> torch.Tensor:
+        """One tensor, loaded on its own (a ``.bin`` shard is loaded whole)."""
+        info = self.tensors[key]
+        if info.file.suffix != ".safetensors":
+            return _load_bin(info.file)[key]
+        check_readable(info.file)
+        try:
+            with safe_open(info.file, framework="pt") as handle:
+                return handle.get_tensor(key)
+        except SafetensorError as error:
+            raise ConversionError(f"'{info.file}' is truncated or corrupt: {one_line(error)}") from None
+
     def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, tensor) for every tensor, one shard open at a time (safetensors: one tensor at a time)."""
         by_shard: dict[Path, list[str]] = {}

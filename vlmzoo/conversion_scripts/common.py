@@ -60,6 +60,7 @@ from .key_tables import (
     disallowed_unused,
     expected_tensors,
     plan_conversion,
+    tied_copies_stored_apart,
 )
 from .writing import ShardedSafetensorsWriter, StagingDirectory, check_output, parse_shard_size
 
@@ -293,8 +294,16 @@ def run_conversion(job: ConversionJob, arguments: ConversionArguments) -> int:
     output = check_output(arguments.output, inputs, arguments.overwrite)
     expected = expected_tensors(job.model_class, job.config)
     plan = plan_conversion(job.sources, expected)
-    rejected = disallowed_unused(plan.unused, arguments.allow_unused)
     notes = list(job.notes)
+    apart = tied_copies_stored_apart(plan, {source.label: source.reader for source in job.sources}, expected)
+    if apart:
+        # the checkpoint's head is not the embedding (Flan-T5 v1.1): untie, so the head is converted, not dropped
+        job.config.tie_word_embeddings = False
+        expected = expected_tensors(job.model_class, job.config)
+        plan = plan_conversion(job.sources, expected)
+        notes.append(f"'{apart[0][0]}' is stored apart from '{apart[0][1]}' with other values: converted untied "
+                     f"(tie_word_embeddings=False)")  # fmt: skip
+    rejected = disallowed_unused(plan.unused, arguments.allow_unused)
     if plan.recomputed:
         notes.append(f"skipped {len(plan.recomputed)} saved buffers the model recomputes (e.g. {plan.recomputed[0][1]})")
     if plan.tied_duplicates:

@@ -103,7 +103,8 @@ def convert_hf_config(source: PreTrainedConfig, family: QFormerFamily, where: st
         num_query_tokens=source.num_query_tokens,
         image_token_id=source.image_token_index,
         initializer_range=source.initializer_range,
-        tie_word_embeddings=bool(getattr(source, "tie_word_embeddings", False)),
+        # as the text config; a head stored apart with other values (Flan-T5) is untied by the conversion itself
+        tie_word_embeddings=getattr(source, "tie_word_embeddings", None) or None,
         dtype=source.dtype,
     )
 

@@ -172,7 +172,7 @@ def convert_hf_config(source: PreTrainedConfig, extra_tokens: int, where: str = 
         vision_feature_select_strategy=strategy,
         image_grid_pinpoints=source.image_grid_pinpoints if source.model_type == "llava_next" else None,
         image_seq_length=view_tokens(source.vision_config, extra_tokens, strategy),
-        tie_word_embeddings=source.tie_word_embeddings,
+        tie_word_embeddings=source.tie_word_embeddings or None,  # False: as the text config
         dtype=source.dtype,
     )
 
@@ -274,7 +274,7 @@ def convert_original_config(
         vision_feature_select_strategy=strategy,
         image_grid_pinpoints=source.grid_pinpoints() if aspect.anyres else None,
         image_seq_length=view_tokens(vision_config, extra_tokens, strategy),
-        tie_word_embeddings=source.tie_word_embeddings,
+        tie_word_embeddings=source.tie_word_embeddings or None,  # False: as the text config
         dtype=source.dtype,
     )
     return config, aspect

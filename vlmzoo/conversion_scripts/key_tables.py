@@ -171,6 +171,7 @@ class ConversionPlan:
     unused: list[Origin] = field(default_factory=list)
     recomputed: list[Origin] = field(default_factory=list)  # saved buffers the model recomputes
     tied_duplicates: list[Origin] = field(default_factory=list)  # e.g. a saved copy of a tied lm_head
+    tied_copies: dict[Origin, str] = field(default_factory=dict)  # a renamed copy -> the tied key it would fill
     missing: list[str] = field(default_factory=list)
 
     @property
@@ -258,6 +259,8 @@ def plan_conversion(
                 if target not in expected.shapes:  # a saved copy of a tied weight counts apart from the unused
                     tied = next((c for c in source.key_table.candidates(key) if c in expected.tied), None)
                     (plan.tied_duplicates if tied else plan.unused).append(origin)
+                    if tied:
+                        plan.tied_copies[origin] = tied
                     continue
                 claim((target,), (origin,), _identity, rule)
             elif isinstance(rule, Split):
@@ -290,6 +293,23 @@ def plan_conversion(
             plan.unused.extend(origins)
     plan.missing = [name for name in expected.shapes if name not in claimed]
     return plan
+
+
+def tied_copies_stored_apart(plan: ConversionPlan, readers: dict[str, object], expected: ExpectedTensors):
+    """The saved copies of tied weights whose values differ from the weight they are tied to, as
+    ``(copy key, tied-to key)``: the checkpoint's weights are not tied (a Flan-T5 head stored apart from its
+    embeddings), so skipping the copy would drop a tensor. ``readers``: source label -> ``CheckpointReader``."""
+    origin_of = {target: mapping.inputs[0] for mapping in plan.mappings if len(mapping.inputs) == 1
+                 and isinstance(mapping.rule, Rename) for target in mapping.targets}  # fmt: skip
+    apart = []
+    for (label, key), tied_key in plan.tied_copies.items():
+        origin = origin_of.get(expected.tied[tied_key])
+        if origin is None:
+            continue  # tied to a weight this checkpoint does not hold: the copy fills it (tie_weights swaps them)
+        copy, weight = readers[label].read(key), readers[origin[0]].read(origin[1])
+        if copy.shape != weight.shape or not torch.equal(copy, weight):
+            apart.append((key, origin[1]))
+    return apart
 
 
 def disallowed_unused(unused: Sequence[Origin], allow_patterns: Sequence[str]) -> list[Origin]:
@@ -367,4 +387,5 @@ __all__ = [
     "disallowed_unused",
     "expected_tensors",
     "plan_conversion",
+    "tied_copies_stored_apart",
 ]
