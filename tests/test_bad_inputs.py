@@ -272,6 +272,50 @@ def test_model_refuses_what_it_cannot_compute(ctx, hostile):
         call(ctx)
 
 
+ENCODER_DECODER_CASES = [case for case in TINY_CASES if presets.get_config(*case).is_encoder_decoder]
+
+
+def _decoder_batch(c: Context, **changes) -> dict:
+    rows = c.batch["input_ids"].shape[0]
+    decoder = {"decoder_input_ids": torch.arange(5, 11).repeat(rows, 1)}
+    return {**c.batch, **decoder, **changes}
+
+
+DECODER_ERRORS: list[tuple[str, Callable[[Context], Any], type, str]] = [
+    ("decoder-ids-float", lambda c: c.model(**_decoder_batch(c, decoder_input_ids=torch.ones(2, 6))),
+     TypeError, "decoder_input_ids must hold integer token ids"),
+    ("decoder-ids-without-batch-dim", lambda c: c.model(**_decoder_batch(c, decoder_input_ids=torch.arange(5, 11))),
+     ValueError, r"decoder_input_ids must be \(batch, sequence\)"),
+    ("decoder-id-beyond-vocabulary", lambda c: c.model(**_decoder_batch(c, decoder_input_ids=torch.full((2, 3), 10**6))),
+     ValueError, r"decoder_input_ids hold token ids outside the vocabulary"),
+    ("decoder-mask-one-short", lambda c: c.model(**_decoder_batch(c, decoder_attention_mask=torch.ones(2, 5, dtype=torch.long))),
+     ValueError, r"decoder_attention_mask has shape \(2, 5\) but the inputs are 2 sequences of 6 tokens"),
+    ("decoder-embeds-of-wrong-width", lambda c: c.model(**{**c.batch, "decoder_inputs_embeds": torch.zeros(2, 4, 7)}),
+     ValueError, r"decoder_inputs_embeds must be \(batch, sequence, \d+\)"),
+    ("one-decoder-row-for-two-prompts", lambda c: c.model(**_decoder_batch(c, decoder_input_ids=torch.arange(5, 11)[None])),
+     ValueError, "the decoder inputs hold 1 sequences but the encoder 2 prompts"),
+    ("labels-3d", lambda c: c.model(**c.batch, labels=torch.arange(5, 11)[None, None].repeat(1, 2, 1)),
+     ValueError, r"labels must be \(batch, target length\)"),
+    ("position-ids", lambda c: c.model(**c.batch, position_ids=torch.arange(c.batch["input_ids"].shape[1])[None]),
+     ValueError, "position_ids are not an input of an encoder-decoder language model"),
+]
+
+
+@pytest.mark.parametrize("case", ENCODER_DECODER_CASES, ids=case_id)
+@pytest.mark.parametrize("hostile", DECODER_ERRORS, ids=_hostile_ids(DECODER_ERRORS))
+def test_encoder_decoder_refuses_bad_decoder_inputs(case, hostile):
+    _, call, error, fragment = hostile
+    with torch.no_grad(), pytest.raises(error, match=fragment):
+        call(_context(case))
+
+
+@pytest.mark.parametrize("case", [case for case in TINY_CASES if case not in ENCODER_DECODER_CASES][:1], ids=case_id)
+def test_a_decoder_only_model_refuses_decoder_inputs(case):
+    c = _context(case)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"are inputs of an encoder-decoder language model"):
+        c.model(**_decoder_batch(c))
+
+
 IMAGE_SIZES_ERRORS: list[tuple[str, Callable[[torch.Tensor], torch.Tensor], str]] = [
     ("zero", lambda sizes: torch.zeros_like(sizes), r"image_sizes must be positive .* got \[\[0, 0\], \[0, 0\]\]"),
     ("negative", lambda sizes: -sizes, r"image_sizes must be positive \(height, width\) pairs, got \[\[-"),

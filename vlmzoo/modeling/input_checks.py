@@ -45,35 +45,38 @@ def check_text_inputs(
     hidden_size: int,
     image_token_id: int | None,
     position_ids: torch.Tensor | None = None,
+    prefix: str = "",
 ) -> None:
     """The ids (or embeddings), the attention mask and the positions of a forward: types, shapes, a non-empty batch,
-    ids in the vocabulary (see the module docstring for when that runs)."""
+    ids in the vocabulary (see the module docstring for when that runs). ``prefix="decoder_"`` checks an
+    encoder-decoder's decoder side (``decoder_input_ids``, ``decoder_inputs_embeds``, ``decoder_attention_mask``)."""
+    ids_name, embeds_name = f"{prefix}input_ids", f"{prefix}inputs_embeds"
     if input_ids is not None:
-        _require_tensor("input_ids", input_ids, "token ids of shape (batch, sequence)")
+        _require_tensor(ids_name, input_ids, "token ids of shape (batch, sequence)")
         if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-            raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+            raise TypeError(f"{ids_name} must hold integer token ids, got dtype {input_ids.dtype}")
         if input_ids.dim() != 2:
             raise ValueError(
-                f"input_ids must be (batch, sequence), got shape {_shape(input_ids)}; add the batch dimension with "
-                f"input_ids[None] for one sequence"
+                f"{ids_name} must be (batch, sequence), got shape {_shape(input_ids)}; add the batch dimension with "
+                f"{ids_name}[None] for one sequence"
             )
         batch, length = input_ids.shape
     else:
-        _require_tensor("inputs_embeds", inputs_embeds, "embeddings of shape (batch, sequence, hidden)")
+        _require_tensor(embeds_name, inputs_embeds, "embeddings of shape (batch, sequence, hidden)")
         if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != hidden_size:
             raise ValueError(
-                f"inputs_embeds must be (batch, sequence, {hidden_size}) for this language model, got shape "
+                f"{embeds_name} must be (batch, sequence, {hidden_size}) for this language model, got shape "
                 f"{_shape(inputs_embeds)}"
             )
         batch, length = inputs_embeds.shape[:2]
     if batch == 0 or (length == 0 and not has_cache):
-        source = "input_ids" if input_ids is not None else "inputs_embeds"
+        source = ids_name if input_ids is not None else embeds_name
         raise ValueError(
             f"empty batch: {source} has shape {_shape(input_ids if input_ids is not None else inputs_embeds)}; "
             f"pass at least one sequence of at least one token"
         )
     if attention_mask is not None:
-        _check_attention_mask(attention_mask, batch, length, has_cache)
+        _check_attention_mask(attention_mask, batch, length, has_cache, f"{prefix}attention_mask")
     if isinstance(position_ids, torch.Tensor) and position_ids.dim() >= 2 and position_ids.shape[-1] != length:
         # (batch, length) or M-RoPE's (streams, batch, length): one position per token of this call
         raise ValueError(
@@ -81,11 +84,11 @@ def check_text_inputs(
             f"position per input token (when generate() derived them, the attention_mask had the wrong length)"
         )
     if input_ids is not None and (length > 1 or not has_cache):
-        _check_ids_in_vocabulary(input_ids, vocab_size, image_token_id)
+        _check_ids_in_vocabulary(input_ids, vocab_size, image_token_id, ids_name)
 
 
-def _check_attention_mask(attention_mask, batch: int, length: int, has_cache: bool) -> None:
-    _require_tensor("attention_mask", attention_mask, "1 for tokens to attend to, 0 for padding")
+def _check_attention_mask(attention_mask, batch: int, length: int, has_cache: bool, name="attention_mask") -> None:
+    _require_tensor(name, attention_mask, "1 for tokens to attend to, 0 for padding")
     if attention_mask.dim() != 2:
         return  # 4-D masks are the caller's own (transformers accepts them as given)
     mask_batch, mask_length = attention_mask.shape
@@ -94,7 +97,7 @@ def _check_attention_mask(attention_mask, batch: int, length: int, has_cache: bo
     if mask_batch != batch or not fits:
         expected = f"({batch}, >= {length})" if has_cache else f"({batch}, {length})"
         raise ValueError(
-            f"attention_mask has shape {_shape(attention_mask)} but the inputs are {batch} sequences of {length} "
+            f"{name} has shape {_shape(attention_mask)} but the inputs are {batch} sequences of {length} "
             f"tokens: it must be {expected}, one entry per token. Make both with the same processor call."
         )
 
@@ -108,10 +111,12 @@ def check_generation_mask(attention_mask, input_ids) -> None:
         _check_attention_mask(attention_mask, input_ids.shape[0], input_ids.shape[1], has_cache=True)
 
 
-def _check_ids_in_vocabulary(input_ids: torch.Tensor, vocab_size: int, image_token_id: int | None) -> None:
+def _check_ids_in_vocabulary(
+    input_ids: torch.Tensor, vocab_size: int, image_token_id: int | None, name: str = "input_ids"
+) -> None:
     def message() -> str:
         text = (
-            f"input_ids hold token ids outside the vocabulary [0, {vocab_size}): values from {int(input_ids.min())} "
+            f"{name} hold token ids outside the vocabulary [0, {vocab_size}): values from {int(input_ids.min())} "
             f"to {int(input_ids.max())}."
         )
         if bool((input_ids == ORIGINAL_LLAVA_IMAGE_INDEX).any()):
@@ -159,15 +164,24 @@ def check_labels(labels, batch: int, length: int, decoder: bool = False) -> None
         )
 
 
-def check_decoder_inputs(decoder_input_ids, decoder_inputs_embeds) -> None:
-    """The decoder side of an encoder-decoder LM: integer ``decoder_input_ids`` of shape (batch, target length)."""
-    if decoder_input_ids is not None:
-        _require_tensor("decoder_input_ids", decoder_input_ids, "token ids of shape (batch, target length)")
-        if decoder_input_ids.is_floating_point() or decoder_input_ids.dim() != 2:
-            raise ValueError(
-                f"decoder_input_ids must be integer ids of shape (batch, target length), got {decoder_input_ids.dtype} "
-                f"of shape {_shape(decoder_input_ids)}"
-            )
+def check_decoder_inputs(
+    decoder_input_ids, decoder_inputs_embeds, decoder_attention_mask, has_cache: bool, vocab_size: int,
+    hidden_size: int, encoder_batch: int | None,
+) -> None:  # fmt: skip
+    """The decoder side of an encoder-decoder LM, as :func:`check_text_inputs` checks the encoder's, plus one
+    decoder row per encoded prompt."""
+    if decoder_input_ids is None and decoder_inputs_embeds is None:
+        return  # the decoder starts from its start token
+    check_text_inputs(
+        decoder_input_ids, decoder_inputs_embeds, decoder_attention_mask, has_cache, vocab_size, hidden_size, None,
+        prefix="decoder_",
+    )  # fmt: skip
+    decoder = decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds
+    if encoder_batch is not None and decoder.shape[0] != encoder_batch:
+        raise ValueError(
+            f"the decoder inputs hold {decoder.shape[0]} sequences but the encoder {encoder_batch} prompts: give one "
+            f"decoder sequence per prompt"
+        )
 
 
 def check_image_sizes(image_sizes, pixel_values: torch.Tensor) -> None:

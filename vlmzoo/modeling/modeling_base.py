@@ -502,7 +502,6 @@ class ZooVLMModel(ZooPreTrainedModel):
         """An encoder-decoder LM: the prompt with its media through the encoder (unless ``encoder_outputs`` were
         given, as on generate()'s decoding steps), then the decoder over ``decoder_input_ids``."""
         encoder_outputs = seq2seq_inputs.pop("encoder_outputs", None)
-        check_decoder_inputs(seq2seq_inputs.get("decoder_input_ids"), seq2seq_inputs.get("decoder_inputs_embeds"))
         mm_encoder_outputs = dict(mm_encoder_outputs or {})
         if encoder_outputs is None:
             inputs_embeds, mm_encoder_outputs = self.embed_multimodal(
@@ -513,6 +512,12 @@ class ZooVLMModel(ZooPreTrainedModel):
             )
         elif isinstance(encoder_outputs, (tuple, list)):
             encoder_outputs = BaseModelOutput(*encoder_outputs)  # (last_hidden_state, hidden_states, attentions)
+        text_config = self.config.get_text_config()
+        check_decoder_inputs(
+            seq2seq_inputs.get("decoder_input_ids"), seq2seq_inputs.get("decoder_inputs_embeds"),
+            seq2seq_inputs.get("decoder_attention_mask"), cache is not None, self.get_input_embeddings().num_embeddings,
+            text_config.hidden_size, encoder_outputs.last_hidden_state.shape[0],
+        )  # fmt: skip
         if "decoder_input_ids" not in seq2seq_inputs and "decoder_inputs_embeds" not in seq2seq_inputs:
             # no target yet: the decoder's first step, from its start token (as transformers' Florence-2)
             start = self.config.get_text_config(decoder=True).decoder_start_token_id
