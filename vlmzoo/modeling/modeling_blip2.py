@@ -117,7 +117,7 @@ class ZooBlip2Model(ZooBlip2PreTrainedModel, ZooVLMModel):
 
 
 class QFormerGenerationMixin:
-    """What transformers' Q-Former models expose: ``vision_model``, pixels first, generation always cached."""
+    """What transformers' Q-Former models expose: ``vision_model``, pixels first, cached decoding with a decoder LM."""
 
     # transformers' BLIP-2 takes its inputs positionally in this order: model(pixel_values, input_ids, ...)
     native_pixels_first_order = (
