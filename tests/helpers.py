@@ -112,3 +112,10 @@ def next_token_targets(model, labels: torch.Tensor) -> torch.Tensor:
 def generated_prefix_length(model, batch: dict) -> int:
     """Tokens before the new ones in generate()'s output: the prompt (decoder-only) or the decoder start token."""
     return 1 if model.config.is_encoder_decoder else batch["input_ids"].shape[1]
+
+
+def batch_with_labels(model, batch: dict) -> tuple[dict, torch.Tensor]:
+    """``with_decoder_target(model, batch)`` and labels on the tokens the logits belong to (-100 on padding)."""
+    batch = with_decoder_target(model, batch)
+    tokens, token_mask = logit_tokens(model, batch)
+    return batch, tokens.masked_fill(~token_mask, -100)

@@ -22,6 +22,7 @@ from vlmzoo import presets
 from vlmzoo.training import lora_config
 
 from helpers import (
+    batch_with_labels,
     build,
     component_prefixes,
     generated_prefix_length,
@@ -39,12 +40,10 @@ from helpers import (
 def test_forward_shapes_loss_and_backward(case):
     model, processor = build(case)
     batch, _, _ = two_prompt_batch(processor)
-    batch = with_decoder_target(model, batch)
-    tokens, token_mask = logit_tokens(model, batch)
-    labels = tokens.masked_fill(~token_mask, -100)
+    batch, labels = batch_with_labels(model, batch)
     output = model(**batch, labels=labels)
     vocab = model.config.text_config.vocab_size
-    assert output.logits.shape == (*tokens.shape, vocab)
+    assert output.logits.shape == (*labels.shape, vocab)
     # one entry per image, each (its image tokens, LM width), together filling every placeholder
     per_image = output.image_outputs.pooler_output
     assert len(per_image) == batch["input_ids"].shape[0]
@@ -238,9 +237,7 @@ def test_lora_train_step_merge_gives_identical_logits(case):
                   for p in component_prefixes(model)[c])
     assert all(n.startswith(adapted) if "lora_" in n else n.startswith(saved) for n in names), names
     optimizer = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=0.5)
-    batch = with_decoder_target(model, batch)
-    tokens, token_mask = logit_tokens(model, batch)
-    labels = tokens.masked_fill(~token_mask, -100)
+    batch, labels = batch_with_labels(model, batch)
     peft_model.train()
     peft_model(**batch, labels=labels).loss.backward()
     optimizer.step()
@@ -449,9 +446,7 @@ def test_loss_honours_shift_labels(case):
     """Sequence-parallel trainers pass pre-shifted targets as ``shift_labels``; the loss must use them."""
     model, processor = build(case)
     batch, _, _ = two_prompt_batch(processor)
-    batch = with_decoder_target(model, batch)
-    tokens, token_mask = logit_tokens(model, batch)
-    labels = tokens.masked_fill(~token_mask, -100)
+    batch, labels = batch_with_labels(model, batch)
     shift_labels = next_token_targets(model, labels)
     other_shift = shift_labels.roll(1, dims=1)
     with torch.no_grad():
@@ -506,9 +501,7 @@ def test_activation_checkpointing_gives_the_same_gradients(case):
     """Every sub-model recomputes its layers in backward; the gradients must not change (dropout draws included)."""
     model, processor = build(case)
     batch, _, _ = two_prompt_batch(processor)
-    batch = with_decoder_target(model, batch)
-    tokens, token_mask = logit_tokens(model, batch)
-    labels = tokens.masked_fill(~token_mask, -100)
+    batch, labels = batch_with_labels(model, batch)
     model.set_training_stage("full")
     model.train()
 
