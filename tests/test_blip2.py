@@ -198,7 +198,7 @@ def test_query_tokens_and_projector_are_components_that_train_under_lora():
     from vlmzoo.training import lora_config
 
     model = vlmzoo.ZooBlip2ForConditionalGeneration(presets.get_config("blip2", "tiny"))
-    assert isinstance(model.model.query_tokens, vlmzoo.modeling.modeling_base.LearnedTokens)
+    assert isinstance(model.model.query_tokens, vlmzoo.modeling.blocks.LearnedTokens)
     parts = model.component_parts()
     assert model.model.query_tokens in parts["qformer"] and model.model.multi_modal_projector in parts["multi_modal_projector"]
     model.set_training_stage("align")
@@ -539,7 +539,7 @@ def test_generate_takes_transformers_call_forms(family, preset, tmp_path):
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").eval()
     batch = _inputs(reference_processor, [make_image(50, 40, seed=6)], PROMPTS[:1])
     options = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
-    order = [name for name in model.native_pixels_first_order if name in batch]
+    order = [name for name in model.native_generate_order if name in batch]
     positional = [batch[name] for name in order]
     torch.testing.assert_close(model.generate(*positional, **options), reference.generate(*positional, **options))
     if family == "blip2":  # transformers' InstructBLIP needs the instruction

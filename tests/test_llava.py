@@ -7,7 +7,7 @@ import torch
 
 import vlmzoo
 from vlmzoo import presets
-from vlmzoo.processing.image_transforms import anyres_grid_shape, anyres_num_tokens, unpadded_region
+from vlmzoo.geometry import anyres_grid_shape, anyres_num_tokens, unpadded_region
 from helpers import build, make_image, user_prompt
 
 

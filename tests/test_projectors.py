@@ -14,7 +14,7 @@ import vlmzoo
 from vlmzoo import presets
 from vlmzoo.modeling.projectors import PROJECTORS, build_projector, pixel_shuffle
 from vlmzoo.processing import ZooAnyResImageProcessor, ZooLlavaProcessor
-from vlmzoo.projector_tokens import PROJECTOR_TOKENS, projector_keeps_grid, projector_num_tokens
+from vlmzoo.geometry import PROJECTOR_TOKENS, projector_keeps_grid, projector_num_tokens
 
 from helpers import make_image, user_prompt
 

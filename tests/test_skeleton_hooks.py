@@ -19,7 +19,8 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vlmzoo import ZooVLMConfig, ZooVLMForConditionalGeneration, ZooVLMModel
-from vlmzoo.modeling.modeling_base import LearnedTokens, ZooPreTrainedModel
+from vlmzoo.modeling.blocks import LearnedTokens
+from vlmzoo.modeling.modeling_base import ZooPreTrainedModel
 
 TILE, PATCH = 28, 14  # a 2x2 grid of tokens per frame (CLS dropped)
 GRID = TILE // PATCH
@@ -108,6 +109,12 @@ class HookFamilyModel(HookFamilyPreTrainedModel, ZooVLMModel):
         features = self._frames(pixel_values_videos.flatten(0, 1)).view(videos, frames * GRID * GRID, -1)
         return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=list(features))
 
+    def forward(self, input_ids=None, pixel_values=None, pixel_values_videos=None, attention_mask=None,
+                position_ids=None, cache=None, inputs_embeds=None, use_cache=None, mm_encoder_outputs=None, **kwargs):
+        pixels = {"pixel_values": pixel_values, "pixel_values_videos": pixel_values_videos}
+        return self.multimodal_forward(input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, pixels,
+                                       {}, mm_encoder_outputs, kwargs)  # fmt: skip
+
     def compute_position_ids(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, **family_inputs):
         if position_ids is not None:
             return position_ids
@@ -145,6 +152,14 @@ def mrope_positions(ids: torch.Tensor) -> torch.Tensor:
 
 class HookFamilyForConditionalGeneration(HookFamilyPreTrainedModel, ZooVLMForConditionalGeneration):
     base_model_class = HookFamilyModel
+
+    def forward(self, input_ids=None, pixel_values=None, pixel_values_videos=None, attention_mask=None,
+                position_ids=None, cache=None, inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0,
+                mm_encoder_outputs=None, **kwargs):
+        model_inputs = dict(input_ids=input_ids, pixel_values=pixel_values, pixel_values_videos=pixel_values_videos,
+                            attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                            inputs_embeds=inputs_embeds, use_cache=use_cache, mm_encoder_outputs=mm_encoder_outputs)
+        return self.language_modeling_forward(labels, logits_to_keep, model_inputs, kwargs)
 
 
 def build(seed=0):

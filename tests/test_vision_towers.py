@@ -25,16 +25,15 @@ from transformers import (
 
 from vlmzoo.modeling.vision_towers import (
     POSITION_INTERPOLATIONS,
-    TOWER_EXTRA_TOKENS,
     build_vision_tower,
     convnext_stage_feature_maps,
     convnext_stage_shapes,
     resample_position_embeddings,
     resize_vit_position_embeddings,
     run_vit_layerwise,
-    tower_extra_tokens,
     vit_parts,
 )
+from vlmzoo.geometry import TOWER_EXTRA_TOKENS, tower_extra_tokens
 
 IMAGE, PATCH, LAYERS, WIDTH = 32, 8, 4, 32  # 4×4 grid of patches
 

@@ -27,11 +27,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
 )
 
-from ..processing.image_transforms import dropped_tokens
-
-# encoder-decoder language models whose head is one linear layer on the decoder's (optionally d_model^-0.5
-# scaled, ``scale_decoder_outputs``) states, which the generic pair reproduces exactly (BLIP-2's Flan-T5)
-ENCODER_DECODER_LANGUAGE_MODELS = ("t5", "umt5")
+from ..geometry import dropped_tokens
 
 # attributes by which a sub-config shows that it describes a vision model (CLIP, SigLIP, ConvNeXt, Qwen2-VL, ...)
 VISION_CONFIG_MARKERS = ("image_size", "patch_size", "num_channels", "in_channels", "in_chans")
@@ -77,8 +73,9 @@ class ZooVLMConfig(PreTrainedConfig):
     default_training_stages: ClassVar[dict[str, list[str]]] = {}
     # the paper's learning rate of each default stage
     default_learning_rates: ClassVar[dict[str, float]] = {}
-    # whether the family's language model may be an encoder-decoder (one of ENCODER_DECODER_LANGUAGE_MODELS)
-    supports_encoder_decoder_lm: ClassVar[bool] = False
+    # the encoder-decoder language models (text config model_types) the family accepts, through the mixins of
+    # modeling/encoder_decoder.py; empty: decoder-only LMs only
+    encoder_decoder_language_models: ClassVar[tuple[str, ...]] = ()
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -152,14 +149,10 @@ class ZooVLMConfig(PreTrainedConfig):
             dropped_tokens(strategy)  # ValueError naming the valid strategies
 
     def _check_encoder_decoder_lm(self, model_type: str) -> None:
-        if not self.supports_encoder_decoder_lm:
+        supported = self.encoder_decoder_language_models
+        if model_type not in supported:
+            takes = f"the encoder-decoders {list(supported)}" if supported else "no encoder-decoder"
             raise ValueError(
-                f"text_config is a '{model_type}' encoder-decoder, but {type(self).__name__} takes a decoder-only "
-                f"language model (Llama, OPT, ...); encoder-decoder LMs are supported by the Q-Former families "
-                f"(blip2, instructblip)"
-            )
-        if model_type not in ENCODER_DECODER_LANGUAGE_MODELS:
-            raise ValueError(
-                f"text_config is a '{model_type}' encoder-decoder; the supported encoder-decoder language models are "
-                f"{list(ENCODER_DECODER_LANGUAGE_MODELS)} (e.g. Flan-T5)"
+                f"text_config is a '{model_type}' encoder-decoder language model; {type(self).__name__} takes decoder-only "
+                f"language models and {takes}"
             )

@@ -56,7 +56,9 @@ class ZooBlip2Config(ZooVLMConfig):
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="opt"),
     }
     component_table: ClassVar[dict[str, tuple[str, ...]]] = QFORMER_COMPONENTS
-    supports_encoder_decoder_lm: ClassVar[bool] = True
+    # encoder-decoder LMs whose head is one linear layer on the decoder's (optionally d_model^-0.5 scaled,
+    # ``scale_decoder_outputs``) states, which modeling/encoder_decoder.py reproduces exactly (Flan-T5)
+    encoder_decoder_language_models: ClassVar[tuple[str, ...]] = ("t5", "umt5")
     # BLIP-2: stage 1 (representation learning) trains the Q-Former and its queries on a frozen ViT (lr 1e-4);
     # stage 2 (generative pre-training) trains the Q-Former + projection with the LLM frozen (lr 1e-4);
     # instruction / task fine-tuning keeps the LLM frozen (InstructBLIP: Q-Former + projection, lr 1e-5)

@@ -15,8 +15,15 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from ..projector_tokens import PROJECTOR_TOKENS, projector_keeps_grid, projector_num_tokens, projector_options
-from ..processing.image_transforms import tokens_per_view, tower_extra_tokens, validate_grid_pinpoints
+from ..geometry import (
+    PROJECTOR_TOKENS,
+    projector_keeps_grid,
+    projector_num_tokens,
+    projector_options,
+    tokens_per_view,
+    tower_extra_tokens,
+    validate_grid_pinpoints,
+)
 from .configuration_base import ZooVLMConfig
 
 
@@ -42,7 +49,7 @@ class ZooLlavaConfig(ZooVLMConfig):
         projector_type: key of the projector registry (``linear`` for LLaVA 1.0, ``mlp2x_gelu`` for 1.5; also
             ``ln_mlp``, ``pixel_shuffle``, ``c_abstractor``, ``ldp``, ``perceiver``).
         projector_config: the projector's options, e.g. ``{"ratio": 2}`` for ``pixel_shuffle`` (``None``: defaults;
-            valid names and token counts in ``vlmzoo.projector_tokens``). Projectors that change the token grid
+            valid names and token counts in ``vlmzoo.geometry``). Projectors that change the token grid
             need fixed resolution.
         multimodal_projector_bias: whether the projector's linear layers have a bias.
         vision_feature_layer: hidden-state index (or list of indices, concatenated on channels) of the tower.

@@ -31,7 +31,8 @@ from transformers import PreTrainedConfig
 
 from ..configuration.configuration_llava import ZooLlavaConfig
 from ..modeling.modeling_llava import ZooLlavaForConditionalGeneration
-from ..modeling.vision_towers import num_feature_layers, tokens_per_view, tower_extra_tokens
+from ..geometry import tokens_per_view, tower_extra_tokens
+from ..modeling.vision_towers import num_feature_layers
 from ..processing import ZooLlavaProcessor
 from .common import (
     extras_saver,

@@ -14,8 +14,6 @@ assert on a GPU. They stay cheap and ``torch.compile(fullgraph=True)``-safe:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-
 import torch
 from transformers.utils import torch_compilable_check
 
@@ -200,15 +198,3 @@ def check_image_sizes(image_sizes, pixel_values: torch.Tensor) -> None:
             f"as the processor returns it"
         ),
     )
-
-
-# family input name -> its check(value, the image pixels); run when images are encoded
-FAMILY_INPUT_CHECKS: dict[str, Callable[[object, torch.Tensor], None]] = {"image_sizes": check_image_sizes}
-
-
-def check_family_inputs(family_inputs: Mapping[str, object], pixel_values: torch.Tensor) -> None:
-    """Run the known checks of the family inputs present (``None`` values are absent)."""
-    for name, check in FAMILY_INPUT_CHECKS.items():
-        value = family_inputs.get(name)
-        if value is not None:
-            check(value, pixel_values)

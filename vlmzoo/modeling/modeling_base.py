@@ -1,43 +1,41 @@
-"""The shared VLM skeleton (DESIGN.md §4): the generic model pair every family subclasses.
+"""The shared VLM skeleton (DESIGN.md §4, docs/design.md): the generic model pair every family subclasses.
 
 Owns: the base ``PreTrainedModel`` flags (attention backends, gradient checkpointing, static cache and
 fullgraph compile; ``_no_split_modules`` are gathered from the sub-models by ``post_init``), weight
 initialisation of vlmzoo's own parameters and buffers (also after a meta-device load), the component
-table's reading (``set_training_stage``, component properties), and the generic pair:
+table's reading (``set_training_stage``, component properties), and the generic pair, for decoder-only
+language models:
 
 - :class:`ZooVLMModel`: embeddings, encoding each modality once (or taking pre-computed
   ``mm_encoder_outputs``), placing the features at their placeholders with a compile-friendly count
   check, the position hook and the language-model call. A family supplies ``build_components`` and
-  ``get_image_features`` (and ``get_video_features`` for video); its extra inputs (``image_sizes``, …)
-  are declared once in ``family_input_names`` and reach the feature functions without any forward
-  naming them by hand.
+  ``get_image_features`` (and ``get_video_features`` for video).
 - :class:`ZooVLMForConditionalGeneration`: ``model`` + ``lm_head``, tied keys, the loss through
   ``loss_function`` and generation through ``GenerationMixin``.
 
-The language model is a decoder (Llama, OPT, …) or, for families whose config sets
-``supports_encoder_decoder_lm`` (BLIP-2 with Flan-T5), an encoder-decoder of the T5 family. Then the prompt,
-with the media placed at its placeholders, goes through the LM's encoder once (``encoder_outputs``, which
-``generate`` computes before the first decoding step), and the decoder reads ``decoder_input_ids`` (or the
-``labels`` shifted right); the head and the loss are the LM's own (T5's output scaling, unshifted labels).
+The path of the pixels: a family's ``forward`` (explicit, with its own inputs typed and documented) calls
+``self.model(...)``; the base model's ``forward`` calls :meth:`ZooVLMModel.multimodal_forward`, whose
+:meth:`~ZooVLMModel.embed_multimodal` calls the family's ``get_image_features`` (the towers, the fusion, the
+projector) and writes the features at the placeholders before the language model runs. A family whose inputs
+are the generic ones inherits both forwards.
 
-Conventions follow transformers 5.24 (``cache`` with ``past_key_values`` deprecated until 5.40, the
-multimodal output classes with ``image_outputs``, in ``outputs.py``), as native ``LlavaForConditionalGeneration``
-does.
+Encoder-decoder language models (BLIP-2's Flan-T5) are not handled here: ``encoder_decoder.py`` holds that
+path as a mixin that the families which accept one compose. Conventions follow transformers 5.24 (``cache``
+with ``past_key_values`` deprecated until 5.40, the multimodal output classes with ``image_outputs``, in
+``outputs.py``), as native ``LlavaForConditionalGeneration`` does.
 """
 
 import functools
 import inspect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import ClassVar
 
 import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedConfig, PreTrainedModel
-from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import slice_logits_to_keep
-from transformers.models.bart.modeling_bart import shift_tokens_right
 from transformers.processing_utils import Unpack
 from transformers.utils import (
     TransformersKwargs,
@@ -48,27 +46,65 @@ from transformers.utils import (
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
+from .encoder_decoder import SEQ2SEQ_INPUT_NAMES
 from .input_checks import (
-    check_decoder_inputs,
-    check_family_inputs,
     check_generation_mask,
     check_labels,
     check_pixel_input,
     check_text_inputs,
 )
-from .outputs import (
-    ZooVLMCausalLMOutputWithPast,
-    ZooVLMModelOutputWithPast,
-    ZooVLMSeq2SeqLMOutput,
-    ZooVLMSeq2SeqModelOutput,
-)
+from .outputs import ZooVLMCausalLMOutputWithPast, ZooVLMModelOutputWithPast
 
 logger = logging.get_logger(__name__)
 
 
-# the inputs of an encoder-decoder language model's decoder side (in the forward signature of families whose
-# config supports one)
-SEQ2SEQ_INPUT_NAMES = ("decoder_input_ids", "decoder_attention_mask", "decoder_inputs_embeds", "encoder_outputs")
+# ----- forward docstrings: the generic arguments, which every family's forward documents the same way --------
+MODEL_INPUTS_DOC = """
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Token ids from the family's processor, each image (video) placeholder expanded to one token per visual
+            embedding. Exactly one of `input_ids` and `inputs_embeds`.
+        pixel_values (`torch.FloatTensor`, *optional*):
+            The processor's normalised pixels; their shape is the family's (see its image processor). Encoded once
+            (at prefill when generating) and written at the image placeholders; the counts must agree.
+        attention_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            1 for tokens to attend to, 0 for padding (with a cache: over cached and new tokens).
+        position_ids (`torch.LongTensor`, *optional*):
+            Positions of the language model, `(batch_size, sequence_length)` (or `(3, batch_size, sequence_length)`
+            for M-RoPE families); derived from the mask when absent.
+        cache (`transformers.Cache`, *optional*):
+            The key/value cache of earlier steps (`past_key_values` is accepted until transformers 5.40).
+        inputs_embeds (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`, *optional*):
+            Embeddings in place of `input_ids` (image placeholders are found by their embedding).
+        use_cache (`bool`, *optional*):
+            Return the updated cache."""
+
+MM_ENCODER_OUTPUTS_DOC = """
+        mm_encoder_outputs (`dict[str, BaseModelOutputWithPooling]`, *optional*):
+            Pre-computed `get_<modality>_features` outputs by modality (`"image"`, `"video"`), in place of the
+            pixels (generate() and chunked prefill encode once and pass them on)."""
+
+LM_HEAD_INPUTS_DOC = """
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Targets for the language-modelling loss, aligned with the inputs (the loss shifts them), -100 where
+            nothing is learned.
+        logits_to_keep (`int` or `torch.Tensor`, *optional*, defaults to 0):
+            Compute the logits of the last `logits_to_keep` positions only (0: all), or of the given indices."""
+
+KWARGS_DOC = """
+        **kwargs:
+            transformers' keyword arguments (`output_attentions`, `output_hidden_states`, `return_dict`,
+            `num_items_in_batch`, attention-backend options), passed on to the sub-models."""
+
+
+def forward_docstring(summary: str, *sections: str, returns: str) -> Callable:
+    """Give a forward its docstring: ``summary``, then the documented arguments (``sections``, in signature order),
+    then what it returns. Sets ``__doc__`` only: the signature stays the function's own."""
+
+    def decorate(function):
+        function.__doc__ = f"{summary}\n\n        Args:{''.join(sections)}\n\n        Returns:\n            {returns}\n        "
+        return function
+
+    return decorate
 
 
 class ZooPreTrainedModel(PreTrainedModel):
@@ -148,29 +184,6 @@ class ZooPreTrainedModel(PreTrainedModel):
         return counts
 
 
-class LearnedTokens(nn.Module):
-    """Learned vectors (BLIP-2's query tokens, LLaVA-NeXT's newline, perceiver latents) held as a module.
-
-    A module with one ``weight`` (key ``<name>.weight``), not a bare parameter: peft's ``modules_to_save``
-    trains it next to LoRA adapters (``get_peft_model`` freezes bare parameters), and ``_init_zoo_weights``
-    re-initialises it after a meta-device load (normal, ``std`` or 1/sqrt(last dim) by default).
-    """
-
-    def __init__(self, *shape: int, std: float | None = None):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(*shape))
-        self.std = std
-
-    def forward(self, batch_size: int, like: torch.Tensor | None = None) -> torch.Tensor:
-        """The vectors for a batch: (batch_size, *shape), in ``like``'s dtype and device when given."""
-        weight = self.weight if like is None else self.weight.to(like)
-        return weight.unsqueeze(0).expand(batch_size, *weight.shape)
-
-    def _init_zoo_weights(self) -> None:
-        std = self.std if self.std is not None else self.weight.shape[-1] ** -0.5
-        init.normal_(self.weight, mean=0.0, std=std)
-
-
 def _resolve(root: nn.Module, path: str) -> nn.Module | nn.Parameter | None:
     """``root.a.b`` for the path ``"a.b"``, or ``None`` when an attribute on the way is absent or ``None``."""
     target = root
@@ -194,61 +207,33 @@ def component_parameters(parts: Iterable[nn.Module | nn.Parameter | None]) -> It
                 yield parameter
 
 
+def _require_visible_inputs(cls: type, names: Iterable[str]) -> None:
+    """``TypeError`` at class creation when ``cls.forward`` does not take every family input by name: generate()
+    validates its keyword arguments and the Trainer keeps dataset columns by the forward's signature."""
+    parameters = inspect.signature(cls.forward).parameters
+    hidden = [name for name in names if name not in parameters]
+    if hidden:
+        raise TypeError(
+            f"{cls.__name__}.forward does not take the family inputs {hidden} that {cls.__name__} declares; define "
+            f"forward with them as keyword arguments (see docs/adding_a_family.md)"
+        )
+
+
 def _family_input_names(model_class: "type[ZooVLMModel]") -> tuple[str, ...]:
-    """The inputs a family adds to the shared forward: its ``family_input_names`` and extra pixel inputs."""
+    """The inputs a family adds to the generic forward: its ``family_input_names`` and extra pixel inputs."""
     extra_pixels = [name for name in model_class.modality_pixel_inputs.values() if name != "pixel_values"]
     return (*model_class.family_input_names, *extra_pixels)
 
 
-def _signature_extras(model_class: type, base_class: "type[ZooVLMModel]") -> tuple[str, ...]:
-    """Keyword inputs shown in a forward's signature beyond the generic ones: the family's, plus the decoder-side
-    inputs when the family's config accepts an encoder-decoder LM."""
-    config_class = getattr(model_class, "config_class", None)
-    seq2seq = SEQ2SEQ_INPUT_NAMES if getattr(config_class, "supports_encoder_decoder_lm", False) else ()
-    return (*_family_input_names(base_class), *seq2seq)
-
-
-def bind_pixels_first(args: tuple, kwargs: dict, order: tuple[str, ...], method: str) -> tuple[tuple, dict]:
-    """transformers' Q-Former call form: when the first positional argument is floating (pixels, never token ids),
-    bind the positional arguments to the names in ``order`` (e.g. ``pixel_values, input_ids, attention_mask``)."""
-    if not (order and args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point()):
-        return args, kwargs
-    if len(args) > len(order):
-        raise TypeError(
-            f"with pixel_values first, {method}() takes at most {len(order)} positional inputs ({', '.join(order)}); "
-            f"pass the others by keyword"
+def refuse_decoder_inputs(config: PreTrainedConfig, kwargs: dict) -> None:
+    """A decoder-only language model given an encoder-decoder's decoder-side inputs: ``ValueError`` (they would be
+    ignored silently)."""
+    given = sorted(name for name in SEQ2SEQ_INPUT_NAMES if kwargs.get(name) is not None)
+    if given:
+        raise ValueError(
+            f"{given} are inputs of an encoder-decoder language model, but this model's language model "
+            f"('{config.get_text_config().model_type}') is a decoder: pass input_ids only"
         )
-    for name, value in zip(order, args):
-        if name in kwargs:
-            raise TypeError(f"{method}() got multiple values for argument '{name}'")
-        kwargs = {**kwargs, name: value}
-    return (), kwargs
-
-
-def _with_family_inputs(forward, names: Iterable[str], pixels_first: tuple[str, ...] = ()):
-    """``forward`` whose visible signature also lists the family's inputs (keyword-only, default ``None``).
-
-    generate() validates its keyword arguments and the Trainer keeps dataset columns by ``forward``'s
-    signature; the family inputs themselves travel through ``**kwargs``. With ``pixels_first`` (BLIP-2's
-    ``("pixel_values", "input_ids", "attention_mask")``), a floating first positional argument - never valid
-    token ids - binds in that order, as transformers' ``model(pixel_values, input_ids, attention_mask)``.
-    """
-
-    @functools.wraps(forward)
-    def family_forward(self, *args, **kwargs):
-        args, kwargs = bind_pixels_first(args, kwargs, pixels_first, "forward")
-        return forward(self, *args, **kwargs)
-
-    signature = inspect.signature(forward)
-    parameters = list(signature.parameters.values())
-    *named, var_keyword = parameters
-    extra = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
-        for name in names
-        if name not in signature.parameters
-    ]
-    family_forward.__signature__ = signature.replace(parameters=[*named, *extra, var_keyword])
-    return family_forward
 
 
 class ZooVLMModel(ZooPreTrainedModel):
@@ -257,7 +242,9 @@ class ZooVLMModel(ZooPreTrainedModel):
     A family subclass implements ``build_components(config)`` (set its vision modules as attributes) and
     ``get_image_features`` (native signature and return type: a ``BaseModelOutputWithPooling`` whose
     ``pooler_output`` is the list of each image's embeddings). Optional hooks: ``build_language_model``,
-    ``compute_position_ids``; ``modality_pixel_inputs`` adds modalities (``{"video": "pixel_values_videos"}``).
+    ``compute_position_ids``; ``modality_pixel_inputs`` adds modalities (``{"video": "pixel_values_videos"}``);
+    ``family_input_names`` declares the family's extra inputs (its ``forward`` takes them by name and hands them
+    to :meth:`multimodal_forward`), and ``family_input_checks`` checks them when images are encoded.
     """
 
     # modality -> the input holding its pixels; each modality has `config.<modality>_token_id` and
@@ -265,13 +252,14 @@ class ZooVLMModel(ZooPreTrainedModel):
     modality_pixel_inputs: ClassVar[dict[str, str]] = {"image": "pixel_values"}
     # the family's extra inputs: they reach the feature functions (by their signatures) and the position hook
     family_input_names: ClassVar[tuple[str, ...]] = ()
+    # family input name -> check(value, the image pixels), run by get_image_features before it encodes
+    family_input_checks: ClassVar[dict[str, Callable[[object, torch.Tensor], None]]] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        names = _signature_extras(cls, cls)
-        if names and "forward" not in cls.__dict__:
-            cls.forward = _with_family_inputs(ZooVLMModel.forward, names)
-        # the feature functions check their pixels (and image_sizes) themselves: generate() calls them directly
+        _require_visible_inputs(cls, _family_input_names(cls))
+        # the feature functions check their pixels (and the family inputs that describe them) themselves:
+        # generate() calls them directly
         for modality, pixel_name in cls.modality_pixel_inputs.items():
             method = f"get_{modality}_features"
             function = cls.__dict__.get(method)
@@ -386,12 +374,6 @@ class ZooVLMModel(ZooPreTrainedModel):
             if pixels is not None:
                 check_pixel_input(name, pixels)
 
-    def get_encoder(self, modality: str | None = None):
-        """The text encoder of an encoder-decoder LM (as native BLIP-2); a modality's encoder otherwise."""
-        if modality is None and self.config.is_encoder_decoder:
-            return self.language_model.get_encoder()
-        return super().get_encoder(modality=modality)
-
     def embed_multimodal(
         self,
         input_ids: torch.LongTensor | None,
@@ -408,7 +390,7 @@ class ZooVLMModel(ZooPreTrainedModel):
         outputs by modality."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if any(pixels is not None for pixels in pixel_inputs.values()) and mm_encoder_outputs:
+        if mm_encoder_outputs and any(pixels is not None for pixels in pixel_inputs.values()):
             raise ValueError("pass either pixel_values or pre-computed mm_encoder_outputs, not both")
         self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, cache, pixel_inputs)
         # encode the pixels before embedding the text: backward then reaches the (possibly lm_head-tied)
@@ -429,47 +411,25 @@ class ZooVLMModel(ZooPreTrainedModel):
             )
         return inputs_embeds, mm_encoder_outputs
 
-    def _split_inputs(self, pixel_values, kwargs: dict) -> tuple[dict, dict, dict]:
-        """Take the family inputs, the pixel inputs and the decoder-side inputs out of ``kwargs``."""
-        family_inputs = {name: kwargs.pop(name) for name in self.family_input_names if name in kwargs}
-        pixel_inputs = {"pixel_values": pixel_values}
-        for name in self.modality_pixel_inputs.values():
-            if name != "pixel_values":
-                pixel_inputs[name] = kwargs.pop(name, None)
-        seq2seq_inputs = {name: kwargs.pop(name) for name in SEQ2SEQ_INPUT_NAMES if kwargs.get(name) is not None}
-        if seq2seq_inputs and not self.config.is_encoder_decoder:
-            raise ValueError(
-                f"{sorted(seq2seq_inputs)} are inputs of an encoder-decoder language model, but this model's language "
-                f"model ('{self.config.get_text_config().model_type}') is a decoder: pass input_ids only"
-            )
-        return family_inputs, pixel_inputs, seq2seq_inputs
-
     # ----- forward ------------------------------------------------------------------------------------
-    @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
-    def forward(
+    def multimodal_forward(
         self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        use_cache: bool | None = None,
-        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> tuple | ZooVLMModelOutputWithPast | ZooVLMSeq2SeqModelOutput:
-        family_inputs, pixel_inputs, seq2seq_inputs = self._split_inputs(pixel_values, kwargs)
-        if self.config.is_encoder_decoder:
-            if position_ids is not None:
-                raise ValueError(
-                    f"position_ids are not an input of an encoder-decoder language model "
-                    f"('{self.config.get_text_config().model_type}' positions are relative): leave them out"
-                )
-            return self._encoder_decoder_forward(
-                input_ids, inputs_embeds, attention_mask, cache, use_cache, pixel_inputs, family_inputs,
-                mm_encoder_outputs, seq2seq_inputs, kwargs,
-            )  # fmt: skip
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        cache: Cache | None,
+        use_cache: bool | None,
+        pixel_inputs: dict[str, torch.Tensor | None],
+        family_inputs: dict,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None,
+        kwargs: dict,
+    ) -> ZooVLMModelOutputWithPast:
+        """What every family's ``forward`` runs: the media embedded at their placeholders (``embed_multimodal``),
+        the family's positions, then the language model. ``pixel_inputs`` maps each modality's pixel input name
+        to its tensor (or ``None``); ``family_inputs`` holds the family's own inputs that were given."""
+        if kwargs:
+            refuse_decoder_inputs(self.config, kwargs)
         inputs_embeds, mm_encoder_outputs = self.embed_multimodal(
             input_ids, inputs_embeds, attention_mask, position_ids, cache, pixel_inputs, family_inputs,
             mm_encoder_outputs,
@@ -495,63 +455,41 @@ class ZooVLMModel(ZooPreTrainedModel):
             video_outputs=mm_encoder_outputs.get("video"),
         )
 
-    def _encoder_decoder_forward(
-        self, input_ids, inputs_embeds, attention_mask, cache, use_cache, pixel_inputs, family_inputs,
-        mm_encoder_outputs, seq2seq_inputs: dict, kwargs: dict,
-    ) -> ZooVLMSeq2SeqModelOutput:  # fmt: skip
-        """An encoder-decoder LM: the prompt with its media through the encoder (unless ``encoder_outputs`` were
-        given, as on generate()'s decoding steps), then the decoder over ``decoder_input_ids``."""
-        encoder_outputs = seq2seq_inputs.pop("encoder_outputs", None)
-        mm_encoder_outputs = dict(mm_encoder_outputs or {})
-        if encoder_outputs is None:
-            inputs_embeds, mm_encoder_outputs = self.embed_multimodal(
-                input_ids, inputs_embeds, attention_mask, None, None, pixel_inputs, family_inputs, mm_encoder_outputs
-            )
-            encoder_outputs = self.get_encoder()(
-                inputs_embeds=inputs_embeds, attention_mask=attention_mask, return_dict=True, **kwargs
-            )
-        elif isinstance(encoder_outputs, (tuple, list)):
-            encoder_outputs = BaseModelOutput(*encoder_outputs)  # (last_hidden_state, hidden_states, attentions)
-        text_config = self.config.get_text_config()
-        check_decoder_inputs(
-            seq2seq_inputs.get("decoder_input_ids"), seq2seq_inputs.get("decoder_inputs_embeds"),
-            seq2seq_inputs.get("decoder_attention_mask"), cache is not None, self.get_input_embeddings().num_embeddings,
-            text_config.hidden_size, encoder_outputs.last_hidden_state.shape[0],
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @forward_docstring(
+        "The base model (no LM head): the images encoded and placed at their placeholders, then the language model.",
+        MODEL_INPUTS_DOC, MM_ENCODER_OUTPUTS_DOC, KWARGS_DOC,
+        returns="`ZooVLMModelOutputWithPast` (`last_hidden_state`, `cache`, `hidden_states`, `attentions`, "
+        "`image_outputs`), or a tuple with `return_dict=False`.",
+    )  # fmt: skip
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | ZooVLMModelOutputWithPast:
+        return self.multimodal_forward(
+            input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, {"pixel_values": pixel_values},
+            {}, mm_encoder_outputs, kwargs,
         )  # fmt: skip
-        if "decoder_input_ids" not in seq2seq_inputs and "decoder_inputs_embeds" not in seq2seq_inputs:
-            # no target yet: the decoder's first step, from its start token (as transformers' Florence-2)
-            start = self.config.get_text_config(decoder=True).decoder_start_token_id
-            batch = encoder_outputs.last_hidden_state.shape[0]
-            seq2seq_inputs["decoder_input_ids"] = torch.full(
-                (batch, 1), start, dtype=torch.long, device=encoder_outputs.last_hidden_state.device
-            )
-        outputs = self.language_model(
-            attention_mask=attention_mask,
-            encoder_outputs=encoder_outputs,
-            cache=cache,
-            use_cache=use_cache,
-            return_dict=True,
-            **seq2seq_inputs,
-            **kwargs,
-        )
-        return ZooVLMSeq2SeqModelOutput(
-            last_hidden_state=outputs.last_hidden_state,
-            cache=outputs.cache,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
-            encoder_hidden_states=encoder_outputs.hidden_states,
-            encoder_attentions=encoder_outputs.attentions,
-            image_outputs=mm_encoder_outputs.get("image"),
-            video_outputs=mm_encoder_outputs.get("video"),
-        )
+
+
+def given(**inputs) -> dict:
+    """The keyword inputs that are not ``None`` (a family's forward hands its given inputs on by name)."""
+    return {name: value for name, value in inputs.items() if value is not None}
 
 
 def _checked_feature_function(function, pixel_name: str):
     """``get_<modality>_features`` that first checks its pixels (a floating tensor) and, for images, the family
-    inputs that describe them (``image_sizes``); the signature stays the family's (``inspect`` follows
-    ``__wrapped__``)."""
+    inputs that describe them (the model's ``family_input_checks``); the signature stays the family's
+    (``inspect`` follows ``__wrapped__``)."""
 
     @functools.wraps(function)
     def checked(self, *args, **kwargs):
@@ -559,7 +497,10 @@ def _checked_feature_function(function, pixel_name: str):
         if pixels is not None:
             check_pixel_input(pixel_name, pixels)
             if pixel_name == "pixel_values":
-                check_family_inputs(kwargs, pixels)
+                for name, check in self.family_input_checks.items():
+                    value = kwargs.get(name)
+                    if value is not None:
+                        check(value, pixels)
         return function(self, *args, **kwargs)
 
     checked._zoo_checked = True
@@ -572,7 +513,11 @@ def _accepted_keywords(model_class: type, method: str) -> frozenset[str]:
 
 
 class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
-    """Generic ``model`` + ``lm_head`` pair; a family sets ``base_model_class`` to its ``ZooVLMModel``."""
+    """Generic ``model`` + ``lm_head`` pair; a family sets ``base_model_class`` to its ``ZooVLMModel``.
+
+    A family with inputs of its own defines ``forward`` with them and hands them, with the generic ones, to
+    :meth:`language_modeling_forward`.
+    """
 
     base_model_class: ClassVar[type[ZooVLMModel]]
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
@@ -583,10 +528,7 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
         base = cls.__dict__.get("base_model_class")
         if base is None:
             return
-        names = _signature_extras(cls, base)
-        pixels_first = getattr(cls, "native_pixels_first_order", ())
-        if (names or pixels_first) and "forward" not in cls.__dict__:
-            cls.forward = _with_family_inputs(ZooVLMForConditionalGeneration.forward, names, pixels_first)
+        _require_visible_inputs(cls, _family_input_names(base))
         # stable component names (DESIGN.md §4) as properties that read the base model
         for paths in cls.config_class.component_table.values():
             for path in paths:
@@ -632,12 +574,19 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> tuple | BaseModelOutputWithPooling:
         return self.model.get_image_features(pixel_values, **kwargs)
 
+    def _prepare_model_inputs(self, inputs=None, bos_token_id=None, model_kwargs=None):
+        """GenerationMixin's prompt, with the attention mask checked against it once per generate() (before positions
+        or masks are derived from it)."""
+        inputs, input_name, model_kwargs = super()._prepare_model_inputs(inputs, bos_token_id, model_kwargs)
+        if input_name == "input_ids":
+            check_generation_mask(model_kwargs.get("attention_mask"), inputs)
+        return inputs, input_name, model_kwargs
+
     def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
         """generate()'s positions: the family's position hook (e.g. M-RoPE's (3, B, L)) when it has one.
 
         generate() then extends them step by step (every leading stream + 1), and chunked prefill slices them.
         """
-        check_generation_mask(model_kwargs.get("attention_mask"), inputs_tensor)
         text_positions = super()._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
         if type(self.model).compute_position_ids is ZooVLMModel.compute_position_ids:
             return text_positions
@@ -655,98 +604,23 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
         )
         return text_positions if positions is None else positions
 
-    def _maybe_prepare_encoder_kwargs_for_generation(
-        self, inputs_tensor, model_kwargs, model_input_name, generation_config
-    ) -> dict:
-        """With an encoder-decoder LM: run the prompt, with its media placed, through the LM's encoder once;
-        every decoding step then reads ``encoder_outputs`` (the pixels are not passed on)."""
-        if not self.config.is_encoder_decoder:
-            return super()._maybe_prepare_encoder_kwargs_for_generation(
-                inputs_tensor, model_kwargs, model_input_name, generation_config
-            )
-        if model_kwargs.get("encoder_outputs") is not None:
-            return model_kwargs
-        prompt = {"input_ids": None, "inputs_embeds": model_kwargs.pop("inputs_embeds", None)}
-        prompt["inputs_embeds" if model_input_name == "inputs_embeds" else "input_ids"] = inputs_tensor
-        base = self.model
-        pixel_names = set(base.modality_pixel_inputs.values())
-        media_names = (*pixel_names, *base.family_input_names)
-        media = {name: model_kwargs.pop(name) for name in media_names if name in model_kwargs}
-        family_inputs, pixel_inputs, _ = base._split_inputs(media.pop("pixel_values", None), media)
-        inputs_embeds, _ = base.embed_multimodal(
-            prompt["input_ids"], prompt["inputs_embeds"], model_kwargs.get("attention_mask"), None, None,
-            pixel_inputs, family_inputs, model_kwargs.pop("mm_encoder_outputs", None),
-        )  # fmt: skip
-        model_kwargs["encoder_outputs"] = base.get_encoder()(
-            inputs_embeds=inputs_embeds,
-            attention_mask=model_kwargs.get("attention_mask"),
-            output_attentions=generation_config.output_attentions,
-            output_hidden_states=generation_config.output_hidden_states,
-            return_dict=True,
-        )
-        return model_kwargs
-
-    @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> tuple | ZooVLMCausalLMOutputWithPast | ZooVLMSeq2SeqLMOutput:
-        base = self.base_model_class
-        family_inputs = {name: kwargs.pop(name) for name in _family_input_names(base) if name in kwargs}
-        seq2seq_inputs = {name: kwargs.pop(name) for name in SEQ2SEQ_INPUT_NAMES if kwargs.get(name) is not None}
-        text_config = self.config.get_text_config()
-        if labels is not None and self.config.is_encoder_decoder:
-            # the decoder's targets; without decoder inputs the decoder reads them shifted right (as T5 does)
-            decoder_ids = seq2seq_inputs.get("decoder_input_ids")
-            check_labels(labels, *(decoder_ids.shape if decoder_ids is not None else labels.shape[:2]), decoder=True)
-            if "decoder_input_ids" not in seq2seq_inputs and "decoder_inputs_embeds" not in seq2seq_inputs:
-                seq2seq_inputs["decoder_input_ids"] = shift_tokens_right(
-                    labels, text_config.pad_token_id, text_config.decoder_start_token_id
-                )
-        elif labels is not None:
-            inputs = input_ids if input_ids is not None else inputs_embeds
+    def language_modeling_forward(
+        self, labels: torch.LongTensor | None, logits_to_keep: int | torch.Tensor, model_inputs: dict, kwargs: dict
+    ) -> ZooVLMCausalLMOutputWithPast:
+        """What every family's ``forward`` runs: the base model over ``model_inputs`` (its forward's keyword
+        inputs), the LM head on the kept positions and, with ``labels``, the loss (``self.loss_function``, which
+        shifts the labels and honours ``num_items_in_batch``)."""
+        if labels is not None:
+            inputs = model_inputs.get("input_ids")
+            inputs = inputs if inputs is not None else model_inputs.get("inputs_embeds")
             if isinstance(inputs, torch.Tensor) and inputs.dim() >= 2:
                 check_labels(labels, inputs.shape[0], inputs.shape[1])
-        outputs = self.model(
-            input_ids=input_ids,
-            pixel_values=pixel_values,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            mm_encoder_outputs=mm_encoder_outputs,
-            return_dict=True,
-            **family_inputs,
-            **seq2seq_inputs,
-            **kwargs,
-        )
-        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        if self.config.is_encoder_decoder and getattr(text_config, "scale_decoder_outputs", False):
-            hidden_states = hidden_states * text_config.d_model**-0.5  # T5's head reads d_model^-0.5-scaled states
-        logits = self.lm_head(hidden_states)
+        outputs = self.model(**model_inputs, return_dict=True, **kwargs)
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
-            # a decoder's labels are aligned with its inputs (the decoder reads them shifted right): not shifted again
-            if self.config.is_encoder_decoder:
-                kwargs.setdefault("shift_labels", labels.contiguous())
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=text_config.vocab_size, **kwargs)
-        if self.config.is_encoder_decoder:
-            return ZooVLMSeq2SeqLMOutput(loss=loss, logits=logits, **{
-                name: getattr(outputs, name) for name in ZooVLMSeq2SeqModelOutput.__dataclass_fields__
-                if name != "last_hidden_state"
-            })  # fmt: skip
+            vocab_size = self.config.text_config.vocab_size
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)
         return ZooVLMCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -756,6 +630,34 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
             image_outputs=outputs.image_outputs,
             video_outputs=outputs.video_outputs,
         )
+
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @forward_docstring(
+        "The model with its LM head: logits over the vocabulary and, with `labels`, the loss.",
+        MODEL_INPUTS_DOC, LM_HEAD_INPUTS_DOC, MM_ENCODER_OUTPUTS_DOC, KWARGS_DOC,
+        returns="`ZooVLMCausalLMOutputWithPast` (`loss`, `logits`, `cache`, `hidden_states`, `attentions`, "
+        "`image_outputs`), or a tuple with `return_dict=False`.",
+    )  # fmt: skip
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | ZooVLMCausalLMOutputWithPast:
+        model_inputs = dict(
+            input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, position_ids=position_ids,
+            cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, mm_encoder_outputs=mm_encoder_outputs,
+        )  # fmt: skip
+        return self.language_modeling_forward(labels, logits_to_keep, model_inputs, kwargs)
 
 
 def _base_attribute(self: ZooVLMForConditionalGeneration, name: str):

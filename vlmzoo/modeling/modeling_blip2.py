@@ -13,6 +13,8 @@ subclasses these classes.
 import torch
 from torch import nn
 from transformers import GenerationMixin
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.blip_2.modeling_blip_2 import (
     BaseModelOutputWithVisionQformerOutputs,
     Blip2QFormerModel,
@@ -20,15 +22,63 @@ from transformers.models.blip_2.modeling_blip_2 import (
 )
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from ..configuration.configuration_blip2 import ZooBlip2Config
+from .blocks import LearnedTokens
+from .encoder_decoder import EncoderDecoderGenerationMixin, EncoderDecoderModelMixin
 from .modeling_base import (
-    LearnedTokens,
+    KWARGS_DOC,
+    LM_HEAD_INPUTS_DOC,
+    MM_ENCODER_OUTPUTS_DOC,
     ZooPreTrainedModel,
     ZooVLMForConditionalGeneration,
     ZooVLMModel,
-    bind_pixels_first,
+    forward_docstring,
+    given,
+)
+from .outputs import (
+    ZooVLMCausalLMOutputWithPast,
+    ZooVLMModelOutputWithPast,
+    ZooVLMSeq2SeqLMOutput,
+    ZooVLMSeq2SeqModelOutput,
+)
+
+# the inputs of the Q-Former families' forwards, documented once (pixels first, as transformers' BLIP-2 takes them)
+QFORMER_PIXELS_DOC = """
+        pixel_values (`torch.FloatTensor` of shape `(num_images, 3, image_size, image_size)`, *optional*):
+            The processor's normalised pixels; each image gives `num_query_tokens` embeddings, written at the
+            `<image>` placeholders the processor puts before the prompt."""
+
+QFORMER_TEXT_DOC = """
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            The prompt's token ids from the processor (the image placeholders included). Exactly one of `input_ids`
+            and `inputs_embeds`.
+        attention_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            1 for tokens to attend to, 0 for padding (with a cache: over cached and new tokens)."""
+
+QFORMER_DECODER_DOC = """
+        decoder_input_ids (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*):
+            With an encoder-decoder LM (Flan-T5): the decoder's inputs. Without them the decoder reads the `labels`
+            shifted right, or starts from its start token. Refused with a decoder-only LM.
+        decoder_attention_mask (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*):
+            With an encoder-decoder LM: the decoder inputs' mask.
+        inputs_embeds (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`, *optional*):
+            Embeddings in place of `input_ids` (image placeholders are found by their embedding)."""
+
+QFORMER_REST_DOC = """
+        interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
+            Interpolate the vision tower's position embeddings for images of another size than the tower's.
+        cache (`transformers.Cache`, *optional*):
+            The key/value cache of earlier steps (`past_key_values` is accepted until transformers 5.40).
+        use_cache (`bool`, *optional*):
+            Return the updated cache."""
+
+QFORMER_KWARGS_DOC = (
+    KWARGS_DOC
+    + """ With a decoder-only LM, `position_ids` may come here; with an encoder-decoder LM,
+            `decoder_inputs_embeds` and `encoder_outputs` (what generate() passes on)."""
 )
 
 
@@ -38,9 +88,11 @@ class ZooBlip2PreTrainedModel(ZooPreTrainedModel):
     _supports_flash_attn = False  # transformers' Q-Former has no flash-attention path
     # as transformers' BLIP-2: the Q-Former and its queries stay in float32 when the model loads in float16
     _keep_in_fp32_modules = ["query_tokens", "qformer"]
+    # as transformers' Q-Former models: the pixels are the main (first) input; generation decodes from the prompt
+    main_input_name = "pixel_values"
 
 
-class ZooBlip2Model(ZooBlip2PreTrainedModel, ZooVLMModel):
+class ZooBlip2Model(EncoderDecoderModelMixin, ZooBlip2PreTrainedModel, ZooVLMModel):
     """Vision tower + learned queries + Q-Former + projector + base language model (no LM head)."""
 
     family_input_names = ("interpolate_pos_encoding",)
@@ -116,13 +168,61 @@ class ZooBlip2Model(ZooBlip2PreTrainedModel, ZooVLMModel):
         return outputs
 
 
-class QFormerGenerationMixin:
-    """What transformers' Q-Former models expose: ``vision_model``, pixels first, cached decoding with a decoder LM."""
-
-    # transformers' BLIP-2 takes its inputs positionally in this order: model(pixel_values, input_ids, ...)
-    native_pixels_first_order = (
-        "pixel_values", "input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask"
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @forward_docstring(
+        "BLIP-2's base model (no LM head): tower, Q-Former and projector, then the language model (with Flan-T5: its "
+        "encoder over the prompt, its decoder over the decoder inputs).",
+        QFORMER_PIXELS_DOC, QFORMER_TEXT_DOC, QFORMER_DECODER_DOC, QFORMER_REST_DOC, MM_ENCODER_OUTPUTS_DOC,
+        QFORMER_KWARGS_DOC,
+        returns="`ZooVLMModelOutputWithPast` with a decoder-only LM, `ZooVLMSeq2SeqModelOutput` with an "
+        "encoder-decoder LM (both with `image_outputs`), or a tuple with `return_dict=False`.",
     )  # fmt: skip
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | ZooVLMModelOutputWithPast | ZooVLMSeq2SeqModelOutput:
+        kwargs.update(given(decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask))
+        return self.multimodal_forward(
+            input_ids, inputs_embeds, attention_mask, kwargs.pop("position_ids", None), cache, use_cache,
+            {"pixel_values": pixel_values}, given(interpolate_pos_encoding=interpolate_pos_encoding),
+            mm_encoder_outputs, kwargs,
+        )  # fmt: skip
+
+
+def bind_pixels_first(args: tuple, kwargs: dict, order: tuple[str, ...], method: str) -> tuple[tuple, dict]:
+    """transformers' Q-Former call form: when the first positional argument is floating (pixels, never token ids),
+    bind the positional arguments to the names in ``order`` (e.g. ``pixel_values, input_ids, attention_mask``)."""
+    if not (order and args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point()):
+        return args, kwargs
+    if len(args) > len(order):
+        raise TypeError(
+            f"with pixel_values first, {method}() takes at most {len(order)} positional inputs ({', '.join(order)}); "
+            f"pass the others by keyword"
+        )
+    for name, value in zip(order, args):
+        if name in kwargs:
+            raise TypeError(f"{method}() got multiple values for argument '{name}'")
+        kwargs = {**kwargs, name: value}
+    return (), kwargs
+
+
+class QFormerGenerationMixin(EncoderDecoderGenerationMixin):
+    """What transformers' Q-Former models expose: ``vision_model``, pixels first, cached decoding with a decoder LM,
+    and the encoder-decoder (Flan-T5) path."""
+
+    # transformers' BLIP-2 generate() takes its inputs positionally in this order: generate(pixel_values, input_ids, ...)
+    native_generate_order = ("pixel_values", "input_ids", "attention_mask")
 
     @property
     def vision_model(self):
@@ -134,8 +234,7 @@ class QFormerGenerationMixin:
         (``generate(pixel_values, input_ids, attention_mask)``); pixels without a prompt read the query placeholders
         (and BOS, when the LM has one), as transformers builds them; with a decoder-only LM, generation always uses
         the cache (transformers generates from ``inputs_embeds``, for which ``use_cache=False`` is ignored)."""
-        order = tuple(name for name in self.native_pixels_first_order if not name.startswith("decoder_"))
-        args, kwargs = bind_pixels_first(args, kwargs, order, "generate")
+        args, kwargs = bind_pixels_first(args, kwargs, self.native_generate_order, "generate")
         if not self.config.is_encoder_decoder:
             kwargs["use_cache"] = True
         pixels = kwargs.get("pixel_values")
@@ -146,6 +245,21 @@ class QFormerGenerationMixin:
             kwargs["input_ids"] = torch.tensor([start], device=pixels.device).repeat(pixels.shape[0], 1)
         return super().generate(*args, **kwargs)
 
+    def _prepare_model_inputs(self, inputs=None, bos_token_id=None, model_kwargs=None):
+        """GenerationMixin decodes from the prompt (``input_ids`` / ``inputs_embeds``), while transformers' Q-Former
+        models name the pixels their ``main_input_name``: read the prompt, and leave the pixels a model input."""
+        self.main_input_name = "input_ids"  # an instance attribute over the class's "pixel_values", for this call
+        try:
+            inputs, input_name, model_kwargs = super()._prepare_model_inputs(inputs, bos_token_id, model_kwargs)
+        finally:
+            del self.main_input_name
+        # the forward has no position_ids (as native), so GenerationMixin would not derive them; a decoder-only LM
+        # decodes from the mask's positions, as it does inside transformers' BLIP-2 (its LM's own generate())
+        if not self.config.is_encoder_decoder and model_kwargs.get("position_ids") is None:
+            if input_name == "input_ids" and model_kwargs.get("attention_mask") is not None:
+                model_kwargs["position_ids"] = self._prepare_position_ids_for_generation(inputs, model_kwargs)
+        return inputs, input_name, model_kwargs
+
 
 class ZooBlip2ForConditionalGeneration(
     QFormerGenerationMixin, ZooBlip2PreTrainedModel, ZooVLMForConditionalGeneration, GenerationMixin
@@ -153,6 +267,40 @@ class ZooBlip2ForConditionalGeneration(
     """BLIP-2 with its LM head: ``AutoModelForImageTextToText`` loads it."""
 
     base_model_class = ZooBlip2Model
+
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @forward_docstring(
+        "BLIP-2 with its LM head: logits over the vocabulary and, with `labels`, the loss (with Flan-T5, the "
+        "decoder's: labels are the answer, shifted right into the decoder inputs when those are absent).",
+        QFORMER_PIXELS_DOC, QFORMER_TEXT_DOC, QFORMER_DECODER_DOC, LM_HEAD_INPUTS_DOC, QFORMER_REST_DOC,
+        MM_ENCODER_OUTPUTS_DOC, QFORMER_KWARGS_DOC,
+        returns="`ZooVLMCausalLMOutputWithPast` with a decoder-only LM, `ZooVLMSeq2SeqLMOutput` with an "
+        "encoder-decoder LM (both with `loss`, `logits`, `image_outputs`), or a tuple with `return_dict=False`.",
+    )  # fmt: skip
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | ZooVLMCausalLMOutputWithPast | ZooVLMSeq2SeqLMOutput:
+        model_inputs = dict(
+            pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
+            inputs_embeds=inputs_embeds, interpolate_pos_encoding=interpolate_pos_encoding, cache=cache,
+            use_cache=use_cache, mm_encoder_outputs=mm_encoder_outputs,
+        )  # fmt: skip
+        return self.language_modeling_forward(labels, logits_to_keep, model_inputs, kwargs)
 
 
 __all__ = ["ZooBlip2PreTrainedModel", "ZooBlip2Model", "ZooBlip2ForConditionalGeneration"]

@@ -40,7 +40,7 @@ from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel, Blip2T
 from transformers.utils import ModelOutput
 
 from ..configuration.configuration_blip2 import ZooBlip2Config
-from .modeling_base import LearnedTokens
+from .blocks import LearnedTokens
 from .modeling_blip2 import ZooBlip2PreTrainedModel
 
 TEMPERATURE_INIT, TEMPERATURE_RANGE = 0.07, (0.001, 0.5)

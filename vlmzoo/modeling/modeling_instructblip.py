@@ -9,21 +9,54 @@ go on to the projector. Numerically this matches transformers' ``InstructBlipFor
 
 import torch
 from transformers import GenerationMixin
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.blip_2.modeling_blip_2 import BaseModelOutputWithVisionQformerOutputs
 from transformers.models.instructblip.modeling_instructblip import InstructBlipQFormerModel, InstructBlipVisionModel
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from ..configuration.configuration_blip2 import ZooInstructBlipConfig
-from .modeling_base import ZooPreTrainedModel, ZooVLMForConditionalGeneration
-from .modeling_blip2 import QFormerGenerationMixin, ZooBlip2Model
+from .modeling_base import (
+    LM_HEAD_INPUTS_DOC,
+    MM_ENCODER_OUTPUTS_DOC,
+    ZooPreTrainedModel,
+    ZooVLMForConditionalGeneration,
+    forward_docstring,
+    given,
+)
+from .modeling_blip2 import (
+    QFORMER_DECODER_DOC,
+    QFORMER_KWARGS_DOC,
+    QFORMER_PIXELS_DOC,
+    QFORMER_REST_DOC,
+    QFORMER_TEXT_DOC,
+    QFormerGenerationMixin,
+    ZooBlip2Model,
+)
+from .outputs import (
+    ZooVLMCausalLMOutputWithPast,
+    ZooVLMModelOutputWithPast,
+    ZooVLMSeq2SeqLMOutput,
+    ZooVLMSeq2SeqModelOutput,
+)
+
+# the instruction as the Q-Former reads it
+QFORMER_INSTRUCTION_DOC = """
+        qformer_input_ids (`torch.LongTensor` of shape `(num_images, instruction_length)`, *optional*):
+            The instruction in the Q-Former's own vocabulary (the processor's second tokenizer); required with
+            pixels: the Q-Former reads it beside the learned queries.
+        qformer_attention_mask (`torch.LongTensor` of shape `(num_images, instruction_length)`, *optional*):
+            The instruction's mask (all ones when absent)."""
 
 
 class ZooInstructBlipPreTrainedModel(ZooPreTrainedModel):
     config: ZooInstructBlipConfig
     config_class = ZooInstructBlipConfig
     _supports_flash_attn = False  # transformers' Q-Former has no flash-attention path
+    main_input_name = "pixel_values"  # as transformers' InstructBLIP
 
 
 class ZooInstructBlipModel(ZooInstructBlipPreTrainedModel, ZooBlip2Model):
@@ -77,20 +110,91 @@ class ZooInstructBlipModel(ZooInstructBlipPreTrainedModel, ZooBlip2Model):
         qformer_inputs = {"qformer_input_ids": qformer_input_ids, "qformer_attention_mask": qformer_attention_mask}
         return self._image_features(pixel_values, interpolate_pos_encoding, qformer_inputs, kwargs)
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @forward_docstring(
+        "InstructBLIP's base model (no LM head): tower, instruction-aware Q-Former and projector, then the language "
+        "model (with Flan-T5: its encoder over the prompt, its decoder over the decoder inputs).",
+        QFORMER_PIXELS_DOC, QFORMER_INSTRUCTION_DOC, QFORMER_TEXT_DOC, QFORMER_DECODER_DOC, QFORMER_REST_DOC,
+        MM_ENCODER_OUTPUTS_DOC, QFORMER_KWARGS_DOC,
+        returns="`ZooVLMModelOutputWithPast` with a decoder-only LM, `ZooVLMSeq2SeqModelOutput` with an "
+        "encoder-decoder LM (both with `image_outputs`), or a tuple with `return_dict=False`.",
+    )  # fmt: skip
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        qformer_input_ids: torch.LongTensor | None = None,
+        qformer_attention_mask: torch.LongTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | ZooVLMModelOutputWithPast | ZooVLMSeq2SeqModelOutput:
+        kwargs.update(given(decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask))
+        family_inputs = given(
+            qformer_input_ids=qformer_input_ids,
+            qformer_attention_mask=qformer_attention_mask,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+        )
+        return self.multimodal_forward(
+            input_ids, inputs_embeds, attention_mask, kwargs.pop("position_ids", None), cache, use_cache,
+            {"pixel_values": pixel_values}, family_inputs, mm_encoder_outputs, kwargs,
+        )  # fmt: skip
+
 
 class ZooInstructBlipForConditionalGeneration(
-    QFormerGenerationMixin,
-    ZooInstructBlipPreTrainedModel, ZooVLMForConditionalGeneration, GenerationMixin
+    QFormerGenerationMixin, ZooInstructBlipPreTrainedModel, ZooVLMForConditionalGeneration, GenerationMixin
 ):
     """InstructBLIP with its LM head: ``AutoModelForImageTextToText`` loads it."""
 
-    # transformers' InstructBLIP: model(pixel_values, qformer_input_ids, qformer_attention_mask, input_ids, ...)
-    native_pixels_first_order = (
-        "pixel_values", "qformer_input_ids", "qformer_attention_mask", "input_ids", "attention_mask",
-        "decoder_input_ids", "decoder_attention_mask",
+    base_model_class = ZooInstructBlipModel
+    # transformers' InstructBLIP: generate(pixel_values, qformer_input_ids, qformer_attention_mask, input_ids, ...)
+    native_generate_order = (
+        "pixel_values", "qformer_input_ids", "qformer_attention_mask", "input_ids", "attention_mask"
     )  # fmt: skip
 
-    base_model_class = ZooInstructBlipModel
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @forward_docstring(
+        "InstructBLIP with its LM head: logits over the vocabulary and, with `labels`, the loss (with Flan-T5, the "
+        "decoder's: labels are the answer, shifted right into the decoder inputs when those are absent).",
+        QFORMER_PIXELS_DOC, QFORMER_INSTRUCTION_DOC, QFORMER_TEXT_DOC, QFORMER_DECODER_DOC, LM_HEAD_INPUTS_DOC,
+        QFORMER_REST_DOC, MM_ENCODER_OUTPUTS_DOC, QFORMER_KWARGS_DOC,
+        returns="`ZooVLMCausalLMOutputWithPast` with a decoder-only LM, `ZooVLMSeq2SeqLMOutput` with an "
+        "encoder-decoder LM (both with `loss`, `logits`, `image_outputs`), or a tuple with `return_dict=False`.",
+    )  # fmt: skip
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        qformer_input_ids: torch.LongTensor | None = None,
+        qformer_attention_mask: torch.LongTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | ZooVLMCausalLMOutputWithPast | ZooVLMSeq2SeqLMOutput:
+        model_inputs = dict(
+            pixel_values=pixel_values, qformer_input_ids=qformer_input_ids,
+            qformer_attention_mask=qformer_attention_mask, input_ids=input_ids, attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
+            inputs_embeds=inputs_embeds, interpolate_pos_encoding=interpolate_pos_encoding, cache=cache,
+            use_cache=use_cache, mm_encoder_outputs=mm_encoder_outputs,
+        )  # fmt: skip
+        return self.language_modeling_forward(labels, logits_to_keep, model_inputs, kwargs)
 
 
 __all__ = ["ZooInstructBlipPreTrainedModel", "ZooInstructBlipModel", "ZooInstructBlipForConditionalGeneration"]

@@ -10,9 +10,11 @@ Numerically this matches transformers' ``LlavaForConditionalGeneration`` / ``Lla
 
 import torch
 from transformers import GenerationMixin
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import select_hidden_states
 
@@ -24,9 +26,35 @@ from transformers.models.llava_next.modeling_llava_next import (
     image_size_to_num_patches,
     unpad_image,
 )
-from .modeling_base import ZooPreTrainedModel, ZooVLMForConditionalGeneration, ZooVLMModel
-from .projectors import ImageNewline, build_projector
+from .input_checks import check_image_sizes
+from .modeling_base import (
+    KWARGS_DOC,
+    LM_HEAD_INPUTS_DOC,
+    MM_ENCODER_OUTPUTS_DOC,
+    MODEL_INPUTS_DOC,
+    ZooPreTrainedModel,
+    ZooVLMForConditionalGeneration,
+    ZooVLMModel,
+    forward_docstring,
+    given,
+)
+from .outputs import ZooVLMCausalLMOutputWithPast, ZooVLMModelOutputWithPast
+from .blocks import ImageNewline
+from .projectors import build_projector
 from .vision_towers import build_vision_tower, check_tower_views, num_feature_layers, select_vision_features
+
+
+# LLaVA's own inputs, documented in both forwards
+LLAVA_INPUTS_DOC = """
+        vision_feature_layer (`int` or `list[int]`, *optional*):
+            Per-call override of `config.vision_feature_layer`: the tower's hidden state(s) the projector reads
+            (a list is concatenated on channels).
+        vision_feature_select_strategy (`str`, *optional*):
+            Per-call override of `config.vision_feature_select_strategy` (`"default"` drops the CLS token, `"full"`
+            keeps it).
+        image_sizes (`torch.LongTensor` of shape `(num_images, 2)`, *optional*):
+            Each image's original (height, width), from the processor; needed with AnyRes (LLaVA-NeXT), where
+            `pixel_values` is `(num_images, max_views, 3, H, W)`."""
 
 
 class ZooLlavaPreTrainedModel(ZooPreTrainedModel):
@@ -38,6 +66,7 @@ class ZooLlavaModel(ZooLlavaPreTrainedModel, ZooVLMModel):
     """Vision tower + projector (+ AnyRes newline) + base language model (no LM head)."""
 
     family_input_names = ("image_sizes", "vision_feature_layer", "vision_feature_select_strategy")
+    family_input_checks = {"image_sizes": check_image_sizes}
 
     def build_components(self, config: ZooLlavaConfig) -> None:
         self.vision_tower = build_vision_tower(config.vision_config)
@@ -49,6 +78,39 @@ class ZooLlavaModel(ZooLlavaPreTrainedModel, ZooVLMModel):
             **(config.projector_config or {}),
         )
         self.image_newline = ImageNewline(config.text_config.hidden_size) if config.uses_anyres else None
+
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @forward_docstring(
+        "LLaVA's base model (no LM head): the tower, the projector (and AnyRes layout), then the language model.",
+        MODEL_INPUTS_DOC, LLAVA_INPUTS_DOC, MM_ENCODER_OUTPUTS_DOC, KWARGS_DOC,
+        returns="`ZooVLMModelOutputWithPast` (`last_hidden_state`, `cache`, `hidden_states`, `attentions`, "
+        "`image_outputs`), or a tuple with `return_dict=False`.",
+    )  # fmt: skip
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        image_sizes: torch.LongTensor | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | ZooVLMModelOutputWithPast:
+        family_inputs = given(
+            image_sizes=image_sizes,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+        )
+        return self.multimodal_forward(
+            input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, {"pixel_values": pixel_values},
+            family_inputs, mm_encoder_outputs, kwargs,
+        )  # fmt: skip
 
     @merge_with_config_defaults
     @can_return_tuple
@@ -143,6 +205,39 @@ class ZooLlavaForConditionalGeneration(ZooLlavaPreTrainedModel, ZooVLMForConditi
     """LLaVA with its LM head: ``AutoModelForImageTextToText`` loads it."""
 
     base_model_class = ZooLlavaModel
+
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @forward_docstring(
+        "LLaVA with its LM head: logits over the vocabulary and, with `labels`, the loss.",
+        MODEL_INPUTS_DOC, LLAVA_INPUTS_DOC, LM_HEAD_INPUTS_DOC, MM_ENCODER_OUTPUTS_DOC, KWARGS_DOC,
+        returns="`ZooVLMCausalLMOutputWithPast` (`loss`, `logits`, `cache`, `hidden_states`, `attentions`, "
+        "`image_outputs`), or a tuple with `return_dict=False`.",
+    )  # fmt: skip
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        image_sizes: torch.LongTensor | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | ZooVLMCausalLMOutputWithPast:
+        model_inputs = dict(
+            input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, position_ids=position_ids,
+            cache=cache, inputs_embeds=inputs_embeds, vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy, image_sizes=image_sizes,
+            use_cache=use_cache, mm_encoder_outputs=mm_encoder_outputs,
+        )  # fmt: skip
+        return self.language_modeling_forward(labels, logits_to_keep, model_inputs, kwargs)
 
 
 __all__ = ["ZooLlavaPreTrainedModel", "ZooLlavaModel", "ZooLlavaForConditionalGeneration"]

@@ -8,7 +8,7 @@ transformers' checkpoints and tests address them directly; converters rename the
 
 Every projector takes (views, tokens, in_features) and returns (views, output tokens, out_features). Its
 options are keyword arguments (``projector_config`` of the model config) and its output token count is
-declared in the torch-free ``vlmzoo.projector_tokens`` (the processor counts image tokens from there):
+declared in the torch-free ``vlmzoo.geometry`` (the processor counts image tokens from there):
 this module checks at import that both registries list the same projectors with the same option
 defaults, and every forward checks the output length against the declared count.
 """
@@ -24,9 +24,8 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from ..projector_tokens import PROJECTOR_TOKENS, projector_options, square_grid_side
+from ..geometry import PROJECTOR_TOKENS, projector_options, square_grid_side
 from ..registry import Registry
-from .modeling_base import LearnedTokens
 
 PROJECTORS: Registry = Registry("projector")
 
@@ -70,7 +69,7 @@ class ZooProjector(nn.Module):
         if projected.shape[-2] != expected:
             raise RuntimeError(
                 f"projector '{self.projector_type}' made {projected.shape[-2]} tokens from {features.shape[-2]}, but "
-                f"vlmzoo.projector_tokens declares {expected}: the two registries disagree"
+                f"vlmzoo.geometry declares {expected}: the two registries disagree"
             )
         return projected
 
@@ -476,21 +475,6 @@ class PerceiverResamplerProjector(ZooProjector):
         return self.linear_out(self.norm(latents))  # (views, num_latents, out)
 
 
-# ----- shared -------------------------------------------------------------------------------------------
-class ImageNewline(LearnedTokens):
-    """LLaVA-NeXT's learned vector written after every row of AnyRes tile features (key ``image_newline.weight``).
-
-    Initialised like transformers' LLaVA-NeXT: normal with std 1/sqrt(hidden size).
-    """
-
-    def __init__(self, hidden_size: int):
-        super().__init__(hidden_size)
-
-    def forward(self, rows: int, like: torch.Tensor) -> torch.Tensor:
-        """The vector repeated for ``rows`` rows, as (rows, 1, hidden) in ``like``'s dtype and device."""
-        return self.weight.to(like).expand(rows, 1, -1)
-
-
 def build_projector(
     projector_type: str, in_features: int, out_features: int, bias: bool = True, **options
 ) -> ZooProjector:
@@ -514,7 +498,7 @@ def _check_registries() -> None:
         declared = dict(PROJECTOR_TOKENS.get(key).options)
         if options != declared:
             raise RuntimeError(
-                f"projector '{key}' takes options {options} but vlmzoo.projector_tokens declares {declared}"
+                f"projector '{key}' takes options {options} but vlmzoo.geometry declares {declared}"
             )
 
 

@@ -13,7 +13,6 @@ Blocks for the high-resolution families (LLaVA-HR, Mini-Gemini, FILA):
   (Mini-Gemini's 4-stage aux features, FILA's per-stage fusion, LLaVA-HR's final stage).
 - ``resample_position_embeddings`` / ``resize_vit_position_embeddings``: run a ViT at another resolution
   with a resampled position table (LLaVA-HR's 336 → 448 CLIP; transformers' ``interpolate_pos_encoding``).
-- ``tower_extra_tokens``: the tokens a tower adds besides its patches, from explicit per-``model_type`` facts.
 """
 
 from __future__ import annotations
@@ -26,15 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedConfig
 
-from ..processing.image_transforms import (  # noqa: F401  (torch-free facts the processors share; re-exported)
-    EXTRA_TOKENS_ATTRIBUTE,
-    TOWER_EXTRA_TOKENS,
-    dropped_tokens,
-    tokens_per_view,
-    tower_extra_tokens,
-)
 from ..configuration.configuration_base import check_feature_layers
+from ..geometry import dropped_tokens, tower_extra_tokens
 from ..registry import Registry
+
 
 def build_vision_tower(vision_config: PreTrainedConfig) -> nn.Module:
     """Instantiate the transformers vision model described by ``vision_config``."""

@@ -17,11 +17,8 @@ from transformers.image_utils import ChannelDimension, SizeDict
 from transformers.processing_utils import ImagesKwargs
 
 from .image_processing_common import ZooClipViewDefaults, ZooImageInputMixin
-from .image_transforms import (
-    anyres_target_resolution,
-    pad_centered,
-    validate_grid_pinpoints,
-)
+from ..geometry import anyres_target_resolution, validate_grid_pinpoints
+from .image_transforms import pad_centered
 
 
 class ZooAnyResImagesKwargs(ImagesKwargs, total=False):

@@ -3,7 +3,7 @@
 Follows transformers' processor contract (``ProcessorMixin``): each ``<image>`` placeholder in the text is
 expanded to exactly the number of visual tokens the model will produce for that image. Fixed resolution:
 ``(H // patch) * (W // patch) + num_additional_image_tokens`` minus the CLS token that the ``"default"``
-strategy drops, then what the projector makes of them (``vlmzoo.projector_tokens``: e.g. ``pixel_shuffle``
+strategy drops, then what the projector makes of them (``vlmzoo.geometry``: e.g. ``pixel_shuffle``
 divides by ratio^2). AnyRes: base view + un-padded tile grid + one newline per feature row (LLaVA-NeXT).
 """
 
@@ -11,10 +11,17 @@ from __future__ import annotations
 
 from transformers.processing_utils import MultiModalData
 
-from ..projector_tokens import projector_keeps_grid, projector_num_tokens, projector_options
+from ..geometry import (
+    anyres_num_tokens,
+    dropped_tokens,
+    projector_keeps_grid,
+    projector_num_tokens,
+    projector_options,
+    tokens_per_view,
+    tower_extra_tokens,
+)
 from .image_processing_anyres import ZooAnyResImageProcessor
 from .image_processing_fixed import ZooFixedResImageProcessor
-from .image_transforms import anyres_num_tokens, dropped_tokens, tokens_per_view, tower_extra_tokens
 from .processing_common import ZooProcessorMixin
 
 DEFAULT_IMAGE_TOKEN = "<image>"
