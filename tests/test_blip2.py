@@ -10,6 +10,8 @@ paper-size presets and the processor's and model's errors on bad input.
 
 from __future__ import annotations
 
+import inspect
+
 import re
 
 import pytest
@@ -269,9 +271,9 @@ def test_config_refuses_bad_values():
     with pytest.raises(ValueError, match="num_query_tokens must be a positive integer"):
         presets.get_config("blip2", "tiny", num_query_tokens=0)
     # encoder-decoder LMs: the T5 family only (a plain linear head), and only in the families that take one
-    with pytest.raises(ValueError, match=r"'bart' encoder-decoder; the supported encoder-decoder language models are \['t5'"):
+    with pytest.raises(ValueError, match=r"'bart' encoder-decoder language model; ZooBlip2Config takes decoder-only language models and the encoder-decoders \['t5'"):
         presets.get_config("blip2", "tiny", text_config={"model_type": "bart", "vocab_size": 600})
-    with pytest.raises(ValueError, match="takes a decoder-only language model"):
+    with pytest.raises(ValueError, match="ZooLlavaConfig takes decoder-only language models and no encoder-decoder"):
         presets.get_config("llava", "tiny", text_config={"model_type": "t5", "vocab_size": 600})
     assert presets.get_config("blip2", "tiny-t5").is_encoder_decoder
     assert not presets.get_config("blip2", "tiny-t5").use_decoder_only_language_model
@@ -427,10 +429,11 @@ def test_native_call_forms_and_names():
         torch.testing.assert_close(by_position, by_keyword, rtol=0, atol=0)
         with pytest.raises(TypeError, match="got multiple values for argument 'input_ids'"):
             model(*(batch[name] for name in order), input_ids=batch["input_ids"])
-        # token ids first stays the generic call form
-        rest = {key: value for key, value in batch.items() if key != "input_ids"}
-        with torch.no_grad():
-            torch.testing.assert_close(model(batch["input_ids"], **rest).logits, by_keyword)
+        # the native order is the only positional one: token ids in the pixels' place are refused, naming the cause
+        assert model.main_input_name == "pixel_values" == next(iter(inspect.signature(model.forward).parameters))
+        rest = {key: value for key, value in batch.items() if key not in ("input_ids", "pixel_values")}
+        with pytest.raises(TypeError, match="pixel_values must be floating point"):
+            model(batch["input_ids"], **rest)
 
 
 def test_tensor_parallel_plan_shards_a_tied_head_only_with_its_embedding():

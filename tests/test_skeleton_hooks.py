@@ -1,9 +1,10 @@
 """The generic pair's hooks, exercised by a small family defined here (DESIGN.md §4).
 
 The in-test family has what the next families need and LLaVA lacks: a swapped rotary module (the
-``build_language_model`` hook), M-RoPE-style (3, B, L) positions with a ``rope_deltas`` kept across decode
-steps (the ``compute_position_ids`` hook), and two placeholder kinds, images and videos, each with its own
-features and its own count check.
+``build_language_model`` hook, with ``vlmzoo.modeling.rope``'s M-RoPE), M-RoPE's (3, B, L) positions with a
+``rope_deltas`` kept across decode steps (the ``compute_position_ids`` hook, with rope.py's position index),
+and two placeholder kinds, images and videos, each with its own features and its own count check. The loop
+``mrope_positions`` below is the test's independent reference for the positions.
 """
 
 from __future__ import annotations
@@ -19,8 +20,16 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vlmzoo import ZooVLMConfig, ZooVLMForConditionalGeneration, ZooVLMModel
+from transformers.utils.generic import can_return_tuple
+
 from vlmzoo.modeling.blocks import LearnedTokens
 from vlmzoo.modeling.modeling_base import ZooPreTrainedModel
+from vlmzoo.modeling.rope import (
+    MultimodalRotaryEmbedding,
+    mrope_decode_positions,
+    mrope_position_index,
+    swap_in_mrope,
+)
 
 TILE, PATCH = 28, 14  # a 2x2 grid of tokens per frame (CLS dropped)
 GRID = TILE // PATCH
@@ -52,26 +61,20 @@ class HookFamilyConfig(ZooVLMConfig):
     video_token_id: int = VIDEO
 
 
-class SectionRotary(nn.Module):
-    """Rotary embedding for (3, B, L) positions: each third of the frequencies reads one position stream."""
-
-    def __init__(self, rotary: nn.Module, sections: tuple[int, int, int]):
-        super().__init__()
-        self.rotary = rotary
-        self.sections = sections
-        self.seen: list[torch.Tensor] = []  # the positions of every call, for the tests
-
-    def forward(self, x, position_ids):
-        self.seen.append(position_ids.clone())
-        if position_ids.dim() == 2:
-            position_ids = position_ids.expand(3, *position_ids.shape)
-        streams = [self.rotary(x, positions) for positions in position_ids]  # 3 x (cos, sin), each (B, L, D)
-        # frequency i (of D/2, repeated twice along D) reads stream 0, 1 or 2 by section
-        stream_of_frequency = torch.repeat_interleave(torch.arange(3), torch.tensor(self.sections)).repeat(2)
-        cos = torch.stack([s[0] for s in streams])[stream_of_frequency, ..., torch.arange(len(stream_of_frequency))]
-        sin = torch.stack([s[1] for s in streams])[stream_of_frequency, ..., torch.arange(len(stream_of_frequency))]
-        # advanced indexing puts the frequency axis first: (D, B, L) -> (B, L, D)
-        return cos.permute(1, 2, 0), sin.permute(1, 2, 0)
+def placeholder_grids(input_ids: torch.Tensor, token_id: int, frames_per_run: bool) -> torch.Tensor:
+    """The family's (t, h, w) grids, read from its text (it has no grid inputs): GRID x GRID tokens per frame;
+    a video is one run of placeholders (its frames), each image one frame."""
+    grids = []
+    for row in input_ids.tolist():
+        run = 0
+        for token in [*row, None]:
+            if token == token_id:
+                run += 1
+            elif run:
+                frames = run // (GRID * GRID)
+                grids += [(frames, GRID, GRID)] if frames_per_run else [(1, GRID, GRID)] * frames
+                run = 0
+    return torch.tensor(grids, dtype=torch.long).view(-1, 3)
 
 
 class HookFamilyPreTrainedModel(ZooPreTrainedModel):
@@ -92,7 +95,7 @@ class HookFamilyModel(HookFamilyPreTrainedModel, ZooVLMModel):
 
     def build_language_model(self, text_config):
         language_model = super().build_language_model(text_config)
-        language_model.rotary_emb = SectionRotary(language_model.rotary_emb, sections=(4, 2, 2))
+        swap_in_mrope(language_model, mrope_section=(4, 2, 2))  # head_dim 16: 8 frequencies
         return language_model
 
     def _frames(self, pixels):  # (frames, 3, H, W) -> (frames, GRID * GRID, text width)
@@ -109,8 +112,10 @@ class HookFamilyModel(HookFamilyPreTrainedModel, ZooVLMModel):
         features = self._frames(pixel_values_videos.flatten(0, 1)).view(videos, frames * GRID * GRID, -1)
         return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=list(features))
 
+    @can_return_tuple
     def forward(self, input_ids=None, pixel_values=None, pixel_values_videos=None, attention_mask=None,
                 position_ids=None, cache=None, inputs_embeds=None, use_cache=None, mm_encoder_outputs=None, **kwargs):
+        """The video pixels are this family's own input: the forward takes them by name."""
         pixels = {"pixel_values": pixel_values, "pixel_values_videos": pixel_values_videos}
         return self.multimodal_forward(input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, pixels,
                                        {}, mm_encoder_outputs, kwargs)  # fmt: skip
@@ -120,16 +125,17 @@ class HookFamilyModel(HookFamilyPreTrainedModel, ZooVLMModel):
             return position_ids
         past = cache.get_seq_length() if cache is not None else 0
         if past > 0:  # decode: continue after the prefill's largest position
-            steps = torch.arange(past, past + inputs_embeds.shape[1]).view(1, -1) + self.rope_deltas
-            return steps.unsqueeze(0).expand(3, -1, -1)
-        positions = torch.stack([mrope_positions(row) for row in input_ids], dim=1)  # (3, B, L)
-        self.rope_deltas = positions.amax(dim=(0, 2)).view(-1, 1) + 1 - input_ids.shape[1]
+            return mrope_decode_positions(self.rope_deltas, past, inputs_embeds.shape[1], attention_mask)
+        positions, self.rope_deltas = mrope_position_index(
+            input_ids, attention_mask, IMAGE, VIDEO, image_grid_thw=placeholder_grids(input_ids, IMAGE, False),
+            video_grid_thw=placeholder_grids(input_ids, VIDEO, True),
+        )  # fmt: skip
         return positions
 
 
 def mrope_positions(ids: torch.Tensor) -> torch.Tensor:
-    """(3, L) positions, the plain loop: text (p, p, p); a visual block of frames x GRID x GRID tokens gets
-    (p + frame, p + row, p + column); the next text continues after the block's largest position."""
+    """The test's reference, (3, L) positions, the plain loop: text (p, p, p); a visual block of frames x GRID x GRID
+    tokens gets (p + frame, p + row, p + column); the next text continues after the block's largest position."""
     out, p, i = [], 0, 0
     ids = ids.tolist()
     while i < len(ids):
@@ -153,6 +159,7 @@ def mrope_positions(ids: torch.Tensor) -> torch.Tensor:
 class HookFamilyForConditionalGeneration(HookFamilyPreTrainedModel, ZooVLMForConditionalGeneration):
     base_model_class = HookFamilyModel
 
+    @can_return_tuple
     def forward(self, input_ids=None, pixel_values=None, pixel_values_videos=None, attention_mask=None,
                 position_ids=None, cache=None, inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0,
                 mm_encoder_outputs=None, **kwargs):
@@ -160,6 +167,11 @@ class HookFamilyForConditionalGeneration(HookFamilyPreTrainedModel, ZooVLMForCon
                             attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                             inputs_embeds=inputs_embeds, use_cache=use_cache, mm_encoder_outputs=mm_encoder_outputs)
         return self.language_modeling_forward(labels, logits_to_keep, model_inputs, kwargs)
+
+
+def test_a_family_whose_forward_hides_its_inputs_is_refused_at_class_creation():
+    with pytest.raises(TypeError, match=r"does not take the family inputs \['pixel_values_videos'\]"):
+        type("HiddenInputsModel", (HookFamilyModel,), {"forward": ZooVLMModel.forward})
 
 
 def build(seed=0):
@@ -186,21 +198,33 @@ def test_the_family_inputs_show_in_the_forward_signature():
         assert "pixel_values_videos" in inspect.signature(model.forward).parameters
 
 
+def recorded_positions(model) -> list[torch.Tensor]:
+    """The positions of every call of the language model's rotary module, from now on."""
+    seen: list[torch.Tensor] = []
+    model.language_model.rotary_emb.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["position_ids"].clone()), with_kwargs=True
+    )
+    return seen
+
+
 def test_build_language_model_hook_swaps_the_rotary_module():
     model = build()
-    assert isinstance(model.language_model.rotary_emb, SectionRotary)
+    assert isinstance(model.language_model.rotary_emb, MultimodalRotaryEmbedding)
+    assert model.language_model.rotary_emb.mrope_section == (4, 2, 2)
+    seen = recorded_positions(model)
     with torch.no_grad():
         model(**inputs())
-    (positions,) = model.language_model.rotary_emb.seen
+    (positions,) = seen
     assert positions.shape == (3, 1, inputs()["input_ids"].shape[1])
 
 
 def test_position_hook_gives_three_streams_and_keeps_rope_deltas_across_decode_steps():
     model = build()
     batch = inputs()
+    seen = recorded_positions(model)
     generated = model.generate(**batch, max_new_tokens=3, min_new_tokens=3, do_sample=False,
                                suppress_tokens=[IMAGE, VIDEO])  # fmt: skip
-    prefill, *steps = model.language_model.rotary_emb.seen
+    prefill, *steps = seen
     expected = mrope_positions(batch["input_ids"][0])
     torch.testing.assert_close(prefill[:, 0], expected, rtol=0, atol=0)
     # each decode step: all three streams equal, one past the prefill's largest position, then +1 per step
@@ -209,6 +233,47 @@ def test_position_hook_gives_three_streams_and_keeps_rope_deltas_across_decode_s
         assert step.shape == (3, 1, 1)
         assert step.flatten().tolist() == [int(expected.max()) + offset] * 3
     assert generated.shape[1] == batch["input_ids"].shape[1] + 3
+
+
+def two_prompts():
+    """Two rows, the second shorter and left-padded (id 0, mask 0): each with an image and a two-frame video."""
+    rows = inputs(text=(5, 6, 7)), inputs(text=(5,))
+    pad = rows[0]["input_ids"].shape[1] - rows[1]["input_ids"].shape[1]
+    left_padded = {name: nn.functional.pad(rows[1][name], (pad, 0)) for name in ("input_ids", "attention_mask")}
+    return pad, {
+        "input_ids": torch.cat([rows[0]["input_ids"], left_padded["input_ids"]]),
+        "attention_mask": torch.cat([rows[0]["attention_mask"], left_padded["attention_mask"]]),
+        "pixel_values": torch.cat([row["pixel_values"] for row in rows]),
+        "pixel_values_videos": torch.cat([row["pixel_values_videos"] for row in rows]),
+    }
+
+
+def test_left_padded_decode_steps_continue_each_row_from_its_rope_deltas():
+    model = build()
+    pad, batch = two_prompts()
+    seen = recorded_positions(model)
+    with torch.no_grad():
+        prompt = model(**batch, use_cache=True)
+        token = prompt.logits[:, -1].argmax(-1, keepdim=True)
+        mask = torch.cat([batch["attention_mask"], torch.ones_like(token)], dim=1)
+        step = model(input_ids=token, attention_mask=mask, cache=prompt.cache, use_cache=True)
+        prefill, decode = seen
+        # the same token without a cache, at the positions the hook gave: the same logits
+        whole = model(**{**batch, "input_ids": torch.cat([batch["input_ids"], token], dim=1), "attention_mask": mask},
+                      position_ids=torch.cat([prefill, decode], dim=-1), use_cache=False)  # fmt: skip
+    for row, padding in ((0, 0), (1, pad)):
+        expected = mrope_positions(batch["input_ids"][row, padding:])
+        torch.testing.assert_close(prefill[:, row, padding:], expected, rtol=0, atol=0)
+        assert not prefill[:, row, :padding].any()
+        assert decode[:, row].flatten().tolist() == [int(expected.max()) + 1] * 3
+    torch.testing.assert_close(step.logits[:, -1], whole.logits[:, -1], rtol=0, atol=1e-5)
+
+
+def test_generation_with_and_without_cache_agree():
+    model = build()
+    _, batch = two_prompts()
+    settings = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, suppress_tokens=[IMAGE, VIDEO])
+    assert torch.equal(model.generate(**batch, **settings), model.generate(**batch, use_cache=False, **settings))
 
 
 def test_each_placeholder_kind_gets_its_own_features():

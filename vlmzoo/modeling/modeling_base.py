@@ -361,7 +361,7 @@ class ZooVLMModel(ZooPreTrainedModel):
         features = features.to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(mask.unsqueeze(-1), features)
 
-    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, pixel_inputs) -> None:
+    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, cache) -> None:
         """Refuse inputs the model cannot compute, with the cause (``input_checks``; cheap, compile-safe)."""
         # runs on every decode step: read the sub-config directly (get_text_config() costs ~20 us per call)
         text_config = getattr(self.config, "text_config", None) or self.config.get_text_config()
@@ -370,9 +370,6 @@ class ZooVLMModel(ZooPreTrainedModel):
             input_ids, inputs_embeds, attention_mask, cache is not None, vocab_size, text_config.hidden_size,
             getattr(self.config, "image_token_id", None), position_ids,
         )  # fmt: skip
-        for name, pixels in pixel_inputs.items():
-            if pixels is not None:
-                check_pixel_input(name, pixels)
 
     def embed_multimodal(
         self,
@@ -388,11 +385,14 @@ class ZooVLMModel(ZooPreTrainedModel):
         """Check the inputs, encode each modality's pixels once (unless ``mm_encoder_outputs`` has it) and write
         the features at their placeholders: returns the language model's ``inputs_embeds`` and the encoders'
         outputs by modality."""
+        for name, pixels in pixel_inputs.items():
+            if pixels is not None:
+                check_pixel_input(name, pixels)  # first: token ids in the pixels' place are named as such
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if mm_encoder_outputs and any(pixels is not None for pixels in pixel_inputs.values()):
             raise ValueError("pass either pixel_values or pre-computed mm_encoder_outputs, not both")
-        self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, cache, pixel_inputs)
+        self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, cache)
         # encode the pixels before embedding the text: backward then reaches the (possibly lm_head-tied)
         # embeddings before the encoders, so their gradient is accumulated before the encoders' gradients
         # exist (a lower training peak, as transformers' BLIP-2 orders it)
