@@ -29,10 +29,6 @@ from transformers.models.auto.modeling_auto import (
 
 from ..processing.image_transforms import dropped_tokens
 
-# encoder-decoder language models whose head is one linear layer on the decoder's (optionally d_model^-0.5
-# scaled, ``scale_decoder_outputs``) states, which the generic pair reproduces exactly (BLIP-2's Flan-T5)
-ENCODER_DECODER_LANGUAGE_MODELS = ("t5", "umt5")
-
 # attributes by which a sub-config shows that it describes a vision model (CLIP, SigLIP, ConvNeXt, Qwen2-VL, ...)
 VISION_CONFIG_MARKERS = ("image_size", "patch_size", "num_channels", "in_channels", "in_chans")
 
@@ -77,8 +73,10 @@ class ZooVLMConfig(PreTrainedConfig):
     default_training_stages: ClassVar[dict[str, list[str]]] = {}
     # the paper's learning rate of each default stage
     default_learning_rates: ClassVar[dict[str, float]] = {}
-    # whether the family's language model may be an encoder-decoder (one of ENCODER_DECODER_LANGUAGE_MODELS)
+    # whether the family's language model may be an encoder-decoder, and which (their model_types: encoder-decoders
+    # whose head is one linear layer on the decoder's states, which the generic pair reproduces exactly)
     supports_encoder_decoder_lm: ClassVar[bool] = False
+    encoder_decoder_language_models: ClassVar[tuple[str, ...]] = ()
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -151,15 +149,32 @@ class ZooVLMConfig(PreTrainedConfig):
         if strategy is not None:
             dropped_tokens(strategy)  # ValueError naming the valid strategies
 
+    def demo_overrides(self) -> tuple[dict, str]:
+        """What ``vlmzoo demo`` changes in this (tiny preset) config so that it learns in minutes on a CPU:
+        ``(overrides, why)``, the overrides passed to ``vlmzoo.presets.get_config`` and the reason, printed.
+        Families override it (docs/adding_a_family.md); the default changes nothing: ``({}, "")``."""
+        return {}, ""
+
     def _check_encoder_decoder_lm(self, model_type: str) -> None:
-        if not self.supports_encoder_decoder_lm:
+        if not self.supports_encoder_decoder_lm or not self.encoder_decoder_language_models:
             raise ValueError(
                 f"text_config is a '{model_type}' encoder-decoder, but {type(self).__name__} takes a decoder-only "
-                f"language model (Llama, OPT, ...); encoder-decoder LMs are supported by the Q-Former families "
-                f"(blip2, instructblip)"
+                f"language model (Llama, OPT, ...); encoder-decoder LMs are supported by the configs "
+                f"{_configs_taking_encoder_decoder_lms()}"
             )
-        if model_type not in ENCODER_DECODER_LANGUAGE_MODELS:
+        if model_type not in self.encoder_decoder_language_models:
             raise ValueError(
                 f"text_config is a '{model_type}' encoder-decoder; the supported encoder-decoder language models are "
-                f"{list(ENCODER_DECODER_LANGUAGE_MODELS)} (e.g. Flan-T5)"
+                f"{list(self.encoder_decoder_language_models)} (e.g. Flan-T5)"
             )
+
+
+def _configs_taking_encoder_decoder_lms() -> list[str]:
+    """The model_types of every defined config class that takes an encoder-decoder language model."""
+    found, pending = set(), list(ZooVLMConfig.__subclasses__())
+    while pending:
+        config_class = pending.pop()
+        pending.extend(config_class.__subclasses__())
+        if config_class.supports_encoder_decoder_lm and config_class.encoder_decoder_language_models:
+            found.add(config_class.model_type)
+    return sorted(found)

@@ -32,7 +32,7 @@ from transformers import PreTrainedConfig
 from ..configuration.configuration_llava import ZooLlavaConfig
 from ..modeling.modeling_llava import ZooLlavaForConditionalGeneration
 from ..modeling.vision_towers import num_feature_layers, tokens_per_view, tower_extra_tokens
-from ..processing import ZooLlavaProcessor
+from ..processing.processing_llava import ZooLlavaProcessor
 from .common import (
     extras_saver,
     saved_chat_template,
