@@ -13,6 +13,7 @@ import base64
 import functools
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,7 +235,7 @@ MODEL_ERRORS: list[tuple[str, Callable[[Context], Any], type, str]] = [
     ("id-beyond-vocabulary", lambda c: c.model(**c.with_batch(input_ids=_ids_with(c, c.model.config.text_config.vocab_size))),
      ValueError, r"outside the vocabulary \[0, \d+\)"),
     ("original-llava-image-index", lambda c: c.model(**c.with_batch(input_ids=_ids_with(c, -200))),
-     ValueError, r"-200 is the original LLaVA code's IMAGE_TOKEN_INDEX"),
+     ValueError, r"outside the vocabulary \[0, \d+\): values from -200"),
     ("negative-id", lambda c: c.model(**c.with_batch(input_ids=_ids_with(c, -1))),
      ValueError, "values from -1"),
     ("ids-without-batch-dim", lambda c: c.model(**c.with_batch(input_ids=c.batch["input_ids"][0])),
@@ -344,11 +345,27 @@ def test_per_call_feature_layer_beyond_the_tower_is_refused(case):
             c.model(**c.batch, vision_feature_layer=layer)
 
 
+def test_an_id_another_code_base_uses_is_explained_by_the_family_that_declares_it(ctx):
+    """A family's ``token_hints`` (LLaVA: the original code's -200 image index) reach the vocabulary error, in the
+    forward and in generate(); a family without hints gives the generic fix."""
+    hints = type(ctx.model.model).token_hints
+    for token in (*hints, -7):
+        hint = hints.get(token, "Use the model's own tokenizer").format(image_token_id=ctx.model.config.image_token_id)
+        with torch.no_grad(), pytest.raises(ValueError, match=re.escape(hint)):
+            ctx.model(**ctx.with_batch(input_ids=_ids_with(ctx, token)))
+        with pytest.raises(ValueError, match=re.escape(hint)):
+            ctx.model.generate(**ctx.with_batch(input_ids=_ids_with(ctx, token)), max_new_tokens=1)
+
+
+def test_the_llava_family_explains_the_original_image_index():
+    assert "-200 is the original LLaVA code's IMAGE_TOKEN_INDEX" in vlmzoo.ZooLlavaModel.token_hints[-200]
+
+
 # ----- generate ------------------------------------------------------------------------------------------------
 GENERATE_ERRORS: list[tuple[str, Callable[[Context], dict], type, str]] = [
     ("pixel-values-as-list", lambda c: c.with_batch(pixel_values=list(c.batch["pixel_values"])), TypeError, "got a list"),
     ("id-beyond-vocabulary", lambda c: c.with_batch(input_ids=_ids_with(c, 10**6)), ValueError, "outside the vocabulary"),
-    ("original-llava-image-index", lambda c: c.with_batch(input_ids=_ids_with(c, -200)), ValueError, "IMAGE_TOKEN_INDEX"),
+    ("original-llava-image-index", lambda c: c.with_batch(input_ids=_ids_with(c, -200)), ValueError, "values from -200"),
     ("mask-one-short", lambda c: c.with_batch(attention_mask=c.batch["attention_mask"][:, 1:]), ValueError,
      "one entry per token"),
 ]

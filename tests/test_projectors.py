@@ -11,9 +11,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import vlmzoo
-from vlmzoo import presets
+from vlmzoo import ZooAnyResImageProcessor, ZooLlavaProcessor, presets
 from vlmzoo.modeling.projectors import PROJECTORS, build_projector, pixel_shuffle
-from vlmzoo.processing import ZooAnyResImageProcessor, ZooLlavaProcessor
 from vlmzoo.geometry import PROJECTOR_TOKENS, projector_keeps_grid, projector_num_tokens
 
 from helpers import make_image, user_prompt

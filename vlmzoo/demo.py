@@ -7,8 +7,9 @@ Hugging Face ``Trainer`` and ``vlmzoo.training.VLMDataCollator``. The data are s
 ``vlmzoo.synthetic`` with questions only the image answers (colour, shape, position). The demo prints the
 held-out accuracy before training, after each stage and the chance level, saves the model and processor,
 reloads them with ``AutoModelForImageTextToText`` / ``AutoProcessor`` and answers questions about a
-freshly drawn image. The model is the family's ``tiny`` preset (or another offline preset, ``--preset``);
-``DEMO_SIZE_OVERRIDES`` may resize it for the demo (LLaVA: a 256-wide vision tower) and the reason is printed.
+freshly drawn image. The model is the family's ``tiny`` preset (or another offline preset, ``--preset``),
+with the changes the family's config declares for the demo (``ZooVLMConfig.demo_overrides``: e.g. a wider
+vision tower), whose reason is printed. The default family is the family table's first.
 
 Owns: the demo's arguments (``DemoArguments``, parsed with ``HfArgumentParser``), the evaluation by greedy
 generation (``evaluate_accuracy``), ``run_demo`` (returns the models and numbers, for tests) and ``main``.
@@ -33,7 +34,8 @@ from transformers import (
     set_seed,
 )
 
-from .registry import Registry
+from .auto import default_family, get_family
+from .presets import get_config, get_processor, preset_names
 from .synthetic import (
     QUESTIONS,
     SyntheticVQADataset,
@@ -52,7 +54,10 @@ PRESET = "tiny"
 class DemoArguments:
     """Arguments of ``vlmzoo demo`` (each is also a ``--flag``)."""
 
-    family: str = field(default="llava", metadata={"help": "model family (vlmzoo.FAMILIES key)"})
+    family: str = field(
+        default_factory=default_family,
+        metadata={"help": "model family (a vlmzoo.FAMILIES key; default: the family table's first)"},
+    )
     preset: str = field(
         default="tiny", metadata={"help": "the family's offline preset, e.g. tiny, or tiny-t5 for BLIP-2 with Flan-T5"}
     )
@@ -82,11 +87,7 @@ class DemoArguments:
         for name, minimum in minimums.items():
             if getattr(self, name) < minimum:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}, got {getattr(self, name)}")
-        from .auto import get_family
-
         get_family(self.family)  # ValueError naming the registered families
-        from .presets import preset_names
-
         offline = [name for name in preset_names(self.family) if name.startswith("tiny")]
         if self.preset not in offline:
             raise ValueError(f"--preset {self.preset!r}: family '{self.family}' has the offline presets {offline}")
@@ -124,52 +125,19 @@ class DemoResult:
 
 
 # ----- model ----------------------------------------------------------------------------------------
-# family -> (overrides of the tiny preset for the demo, computed from the preset's config; why, printed)
-DEMO_SIZE_OVERRIDES: Registry = Registry("demo size override")
-
-
-@DEMO_SIZE_OVERRIDES.register("llava")
-def _llava_demo_size(config) -> tuple[dict, str]:
-    vision = config.vision_config.to_dict()
-    vision.update(hidden_size=256, intermediate_size=512)
-    why = (
-        "with one demo override: vision tower width 256 (preset: 64).\n"
-        "  The tower stays frozen and random; a wider patch embedding keeps more of each 16x16x3 patch,\n"
-        "  which the shape questions need (still 16 image tokens)."
-    )
-    return {"vision_config": vision}, why
-
-
-@DEMO_SIZE_OVERRIDES.register("blip2")
-@DEMO_SIZE_OVERRIDES.register("instructblip")
-def _qformer_demo_size(config) -> tuple[dict, str]:
-    vision = config.vision_config.to_dict()
-    vision.update(image_size=64)
-    stages = {name: list(parts) for name, parts in config.training_stages.items()}
-    stages["instruct"] = [*stages["instruct"], "language_model"]
-    why = (
-        "with two demo overrides: 64 px images (preset: 32), and stage 2 also trains the language model.\n"
-        "  The papers keep a pretrained LLM frozen; this tiny one starts from random weights."
-    )
-    return {"vision_config": vision, "training_stages": stages}, why
-
-
 def build_demo_model(family: str, preset: str = PRESET):
-    """The ``preset`` of ``family`` (with the demo's size overrides, if any), its processor, the reason.
+    """The ``preset`` of ``family`` with the demo's changes (its config's ``demo_overrides``), its processor, and
+    what was changed and why (printed).
 
     The model's weights are freshly initialised from the current torch seed.
     """
-    from .auto import get_family
-    from .presets import get_config, get_processor
-
     config = get_config(family, preset)
-    why = "as is"
-    if family in DEMO_SIZE_OVERRIDES:
-        overrides, why = DEMO_SIZE_OVERRIDES.get(family)(config)
+    overrides, why = config.demo_overrides()
+    if overrides:
         config = get_config(family, preset, **overrides)
     processor = get_processor(family, preset, config)
     model = get_family(family).for_generation_class(config)
-    return model, processor, why
+    return model, processor, why or "as is"
 
 
 # ----- evaluation -----------------------------------------------------------------------------------

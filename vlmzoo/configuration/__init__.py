@@ -1,7 +1,10 @@
-"""Typed configurations, one module per family."""
+"""Typed configurations: the shared base (``configuration_base``), then one ``configuration_<family>.py`` per
+family, which also declares the family's presets (``vlmzoo.presets.register_preset``) and demo settings.
+
+``vlmzoo.auto``'s family table imports each family's config class from its own module, and ``vlmzoo`` exports
+them; nothing here lists the families (docs/design.md §3).
+"""
 
 from .configuration_base import ZooVLMConfig
-from .configuration_blip2 import ZooBlip2Config, ZooInstructBlipConfig
-from .configuration_llava import ZooLlavaConfig
 
-__all__ = ["ZooVLMConfig", "ZooLlavaConfig", "ZooBlip2Config", "ZooInstructBlipConfig"]
+__all__ = ["ZooVLMConfig"]

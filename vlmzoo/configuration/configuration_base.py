@@ -148,6 +148,12 @@ class ZooVLMConfig(PreTrainedConfig):
         if strategy is not None:
             dropped_tokens(strategy)  # ValueError naming the valid strategies
 
+    def demo_overrides(self) -> tuple[dict, str]:
+        """What ``vlmzoo demo`` changes in this (tiny preset) config so that it learns in minutes on a CPU:
+        ``(overrides, why)``, the overrides passed to ``vlmzoo.presets.get_config`` and the reason, printed.
+        Families override it (docs/adding_a_family.md); the default changes nothing: ``({}, "")``."""
+        return {}, ""
+
     def _check_encoder_decoder_lm(self, model_type: str) -> None:
         supported = self.encoder_decoder_language_models
         if model_type not in supported:

@@ -5,6 +5,10 @@ Follows the LLaVA papers (Liu et al. 2023, 2024) and the field names of transfor
 ``LlavaNextConfig`` where they mean the same thing, so converted configs read naturally.
 ``image_grid_pinpoints=None`` is fixed-resolution LLaVA; a list of ``[height, width]`` pinpoints turns
 on AnyRes tiling with spatial unpad and the learned ``image_newline`` (LLaVA-NeXT).
+
+Also the family's presets (``vlmzoo.presets.get_config("llava", name)``: ``tiny`` ones built offline and the
+papers' sizes), its demo settings (``ZooLlavaConfig.demo_overrides``) and the Llama / Vicuna text configs the
+presets use, which other families' presets reuse (``tiny_llama_text_config``, ``vicuna_text_config``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from ..geometry import (
     tower_extra_tokens,
     validate_grid_pinpoints,
 )
+from ..presets import register_preset
+from ..tiny_tokenizer import IMAGE_TOKEN, build_tiny_tokenizer
 from .configuration_base import ZooVLMConfig
 
 
@@ -139,5 +145,121 @@ class ZooLlavaConfig(ZooVLMConfig):
     def uses_anyres(self) -> bool:
         return self.image_grid_pinpoints is not None
 
+    def demo_overrides(self) -> tuple[dict, str]:
+        """``vlmzoo demo``: a 256-wide vision tower (the frozen random tower keeps more of each patch)."""
+        vision = self.vision_config.to_dict()
+        vision.update(hidden_size=256, intermediate_size=512)
+        why = (
+            "with one demo override: vision tower width 256 (preset: 64).\n"
+            "  The tower stays frozen and random; a wider patch embedding keeps more of each 16x16x3 patch,\n"
+            "  which the shape questions need (still 16 image tokens)."
+        )
+        return {"vision_config": vision}, why
 
-__all__ = ["ZooLlavaConfig"]
+
+# ----- presets ------------------------------------------------------------------------------------------
+def tiny_llama_text_config(tokenizer) -> dict:
+    """A 2-layer Llama (width 64, grouped-query attention) on ``tokenizer``'s vocabulary and special tokens."""
+    return {
+        "model_type": "llama",
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def vicuna_text_config(hidden: int, layers: int, heads: int, intermediate: int) -> dict:
+    """Vicuna v1.5 (a Llama-2 fine-tune) with LLaVA's padded vocabulary (32000 + ``<image>`` + padding)."""
+    return {
+        "model_type": "llama",
+        "vocab_size": 32064,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5,
+        "pad_token_id": 0,
+    }
+
+
+TINY_CLIP = {
+    "model_type": "clip_vision_model",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "image_size": 64,
+    "patch_size": 16,
+    "projection_dim": 64,
+}
+
+
+@register_preset(ZooLlavaConfig, "tiny")
+def _llava_tiny(**overrides) -> dict:
+    """LLaVA 1.5 in miniature: CLIP 64 px / patch 16 (16 tokens), mlp2x_gelu, a 2-layer Llama."""
+    tokenizer = build_tiny_tokenizer()
+    return {
+        "vision_config": dict(TINY_CLIP),
+        "text_config": tiny_llama_text_config(tokenizer),
+        "image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        "projector_type": "mlp2x_gelu",
+        **overrides,
+    }
+
+
+@register_preset(ZooLlavaConfig, "tiny-linear")
+def _llava_tiny_linear() -> dict:
+    """LLaVA 1.0 in miniature: linear projector."""
+    return _llava_tiny(projector_type="linear")
+
+
+@register_preset(ZooLlavaConfig, "tiny-anyres")
+def _llava_tiny_anyres() -> dict:
+    """LLaVA-NeXT in miniature: AnyRes over 64 px tiles."""
+    return _llava_tiny(image_grid_pinpoints=[[64, 128], [128, 64], [128, 128], [192, 64], [64, 192]])
+
+
+def _clip_large_336() -> dict:
+    return {"model_type": "clip_vision_model", **CLIP_VIT_L_336}
+
+
+@register_preset(ZooLlavaConfig, "llava-1.5-7b")
+def _llava_15_7b() -> dict:
+    """LLaVA-1.5-7B: CLIP ViT-L/14-336 + mlp2x_gelu + Vicuna-7B (576 image tokens)."""
+    return {
+        "vision_config": _clip_large_336(),
+        "text_config": vicuna_text_config(4096, 32, 32, 11008),
+        "image_token_id": 32000,
+    }
+
+
+@register_preset(ZooLlavaConfig, "llava-1.5-13b")
+def _llava_15_13b() -> dict:
+    """LLaVA-1.5-13B: CLIP ViT-L/14-336 + mlp2x_gelu + Vicuna-13B."""
+    return {
+        "vision_config": _clip_large_336(),
+        "text_config": vicuna_text_config(5120, 40, 40, 13824),
+        "image_token_id": 32000,
+    }
+
+
+@register_preset(ZooLlavaConfig, "llava-next-7b")
+def _llava_next_7b() -> dict:
+    """LLaVA-NeXT (1.6) Vicuna-7B: AnyRes up to 672x672 / 1008x336, spatial unpad, image newline."""
+    return {
+        "vision_config": _clip_large_336(),
+        "text_config": vicuna_text_config(4096, 32, 32, 11008),
+        "image_token_id": 32000,
+        "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+    }
+
+
+__all__ = ["ZooLlavaConfig", "tiny_llama_text_config", "vicuna_text_config"]

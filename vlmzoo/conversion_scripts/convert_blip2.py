@@ -15,7 +15,6 @@ Usage: ``python -m vlmzoo.conversion_scripts.convert_blip2 --source hf --input D
 
 from __future__ import annotations
 
-import inspect
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from transformers import PreTrainedConfig
 
 from ..configuration.configuration_blip2 import ZooBlip2Config
 from ..modeling.modeling_blip2 import ZooBlip2ForConditionalGeneration
-from ..processing import ZooBlip2Processor
+from ..processing.processing_blip2 import ZooBlip2Processor
 from .common import (
     extras_saver,
     saved_chat_template,
@@ -123,11 +122,13 @@ def hf_processor(input_dir: Path, config, family: QFormerFamily, notes: list[str
             f"is {config.image_token_id}"
         )
     extras = {}
-    if "qformer_tokenizer" in inspect.signature(family.processor_class.from_model_config).parameters:
-        qformer_tokenizer = load_tokenizer_if_present(input_dir / "qformer_tokenizer")
-        if qformer_tokenizer is None:
-            raise ConversionError(f"'{input_dir}' has a tokenizer but no qformer_tokenizer/ (InstructBLIP needs both)")
-        extras["qformer_tokenizer"] = qformer_tokenizer
+    for name in family.processor_class.extra_tokenizers:  # e.g. InstructBLIP's Q-Former tokenizer
+        extra_tokenizer = load_tokenizer_if_present(input_dir / name)
+        if extra_tokenizer is None:
+            raise ConversionError(
+                f"'{input_dir}' has a tokenizer but no {name}/ ({family.processor_class.__name__} needs both)"
+            )
+        extras[name] = extra_tokenizer
     settings = saved_image_processor_settings(input_dir, _IMAGE_PROCESSOR_FIELDS)
     if not settings:
         notes.append("the input has no image-processor settings: using the tower's size with CLIP mean/std, bicubic")

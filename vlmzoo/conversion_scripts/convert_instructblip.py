@@ -15,7 +15,7 @@ import sys
 
 from ..configuration.configuration_blip2 import ZooInstructBlipConfig
 from ..modeling.modeling_instructblip import ZooInstructBlipForConditionalGeneration
-from ..processing import ZooInstructBlipProcessor
+from ..processing.processing_blip2 import ZooInstructBlipProcessor
 from .common import ConversionArguments, ConversionJob, Converter
 from .convert_blip2 import QFormerFamily, prepare_hf_job
 

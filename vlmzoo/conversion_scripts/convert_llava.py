@@ -33,7 +33,7 @@ from ..configuration.configuration_llava import ZooLlavaConfig
 from ..modeling.modeling_llava import ZooLlavaForConditionalGeneration
 from ..geometry import tokens_per_view, tower_extra_tokens
 from ..modeling.vision_towers import num_feature_layers
-from ..processing import ZooLlavaProcessor
+from ..processing.processing_llava import ZooLlavaProcessor
 from .common import (
     extras_saver,
     saved_chat_template,

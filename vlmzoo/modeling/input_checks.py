@@ -14,13 +14,10 @@ assert on a GPU. They stay cheap and ``torch.compile(fullgraph=True)``-safe:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from transformers.utils import torch_compilable_check
-
-# the image index of the original LLaVA code base (llava/constants.py IMAGE_TOKEN_INDEX): its prompts carry -200
-# where vlmzoo's (and transformers') carry the tokenizer's image token id
-ORIGINAL_LLAVA_IMAGE_INDEX = -200
-
 
 def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
     return tuple(tensor.shape)
@@ -44,10 +41,13 @@ def check_text_inputs(
     image_token_id: int | None,
     position_ids: torch.Tensor | None = None,
     prefix: str = "",
+    token_hints: Mapping[int, str] | None = None,
 ) -> None:
     """The ids (or embeddings), the attention mask and the positions of a forward: types, shapes, a non-empty batch,
     ids in the vocabulary (see the module docstring for when that runs). ``prefix="decoder_"`` checks an
-    encoder-decoder's decoder side (``decoder_input_ids``, ``decoder_inputs_embeds``, ``decoder_attention_mask``)."""
+    encoder-decoder's decoder side (``decoder_input_ids``, ``decoder_inputs_embeds``, ``decoder_attention_mask``).
+    ``token_hints``: out-of-vocabulary id -> what it means and what to do instead (a family's hook, e.g. an id
+    that another code base puts in prompts; ``{image_token_id}`` in it is filled in)."""
     ids_name, embeds_name = f"{prefix}input_ids", f"{prefix}inputs_embeds"
     if input_ids is not None:
         _require_tensor(ids_name, input_ids, "token ids of shape (batch, sequence)")
@@ -82,7 +82,7 @@ def check_text_inputs(
             f"position per input token (when generate() derived them, the attention_mask had the wrong length)"
         )
     if input_ids is not None and (length > 1 or not has_cache):
-        _check_ids_in_vocabulary(input_ids, vocab_size, image_token_id, ids_name)
+        _check_ids_in_vocabulary(input_ids, vocab_size, image_token_id, ids_name, token_hints or {})
 
 
 def _check_attention_mask(attention_mask, batch: int, length: int, has_cache: bool, name="attention_mask") -> None:
@@ -110,19 +110,16 @@ def check_generation_mask(attention_mask, input_ids) -> None:
 
 
 def _check_ids_in_vocabulary(
-    input_ids: torch.Tensor, vocab_size: int, image_token_id: int | None, name: str = "input_ids"
+    input_ids: torch.Tensor, vocab_size: int, image_token_id: int | None, name: str, token_hints: Mapping[int, str]
 ) -> None:
     def message() -> str:
         text = (
             f"{name} hold token ids outside the vocabulary [0, {vocab_size}): values from {int(input_ids.min())} "
             f"to {int(input_ids.max())}."
         )
-        if bool((input_ids == ORIGINAL_LLAVA_IMAGE_INDEX).any()):
-            text += (
-                f" -200 is the original LLaVA code's IMAGE_TOKEN_INDEX: vlmzoo marks images with the tokenizer's image "
-                f"token (id {image_token_id}), expanded to one token per visual embedding; build the inputs with "
-                f"vlmzoo's processor instead of the original repository's tokenizer_image_token."
-            )
+        hints = [hint for token, hint in token_hints.items() if bool((input_ids == token).any())]
+        if hints:
+            text += "".join(" " + hint.format(image_token_id=image_token_id) for hint in hints)
         else:
             text += " Use the model's own tokenizer, or grow the embeddings with model.resize_token_embeddings()."
         return text

@@ -254,6 +254,9 @@ class ZooVLMModel(ZooPreTrainedModel):
     family_input_names: ClassVar[tuple[str, ...]] = ()
     # family input name -> check(value, the image pixels), run by get_image_features before it encodes
     family_input_checks: ClassVar[dict[str, Callable[[object, torch.Tensor], None]]] = {}
+    # out-of-vocabulary token id -> what it means and the fix, added to the vocabulary error (``{image_token_id}``
+    # is filled in): ids that prompts made by another code base carry
+    token_hints: ClassVar[dict[int, str]] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -368,7 +371,7 @@ class ZooVLMModel(ZooPreTrainedModel):
         vocab_size = getattr(self.get_input_embeddings(), "num_embeddings", None) or text_config.vocab_size
         check_text_inputs(
             input_ids, inputs_embeds, attention_mask, cache is not None, vocab_size, text_config.hidden_size,
-            getattr(self.config, "image_token_id", None), position_ids,
+            getattr(self.config, "image_token_id", None), position_ids, token_hints=self.token_hints,
         )  # fmt: skip
 
     def embed_multimodal(

@@ -67,6 +67,12 @@ class ZooLlavaModel(ZooLlavaPreTrainedModel, ZooVLMModel):
 
     family_input_names = ("image_sizes", "vision_feature_layer", "vision_feature_select_strategy")
     family_input_checks = {"image_sizes": check_image_sizes}
+    # the original LLaVA code marks an image with IMAGE_TOKEN_INDEX = -200 (llava/constants.py) in input_ids
+    token_hints = {
+        -200: "-200 is the original LLaVA code's IMAGE_TOKEN_INDEX: vlmzoo marks images with the tokenizer's image "
+        "token (id {image_token_id}), expanded to one token per visual embedding; build the inputs with vlmzoo's "
+        "processor instead of the original repository's tokenizer_image_token."
+    }
 
     def build_components(self, config: ZooLlavaConfig) -> None:
         self.vision_tower = build_vision_tower(config.vision_config)

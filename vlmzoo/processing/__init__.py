@@ -1,16 +1,12 @@
-"""Image processors, resolution strategies and processors."""
+"""Image processors, resolution strategies and processors: shared modules, then one room per family.
 
-from .image_processing_anyres import ZooAnyResImageProcessor
-from .image_processing_fixed import ZooFixedResImageProcessor
-from .image_processing_resize import ZooResizeImageProcessor
-from .processing_blip2 import ZooBlip2Processor, ZooInstructBlipProcessor
-from .processing_llava import ZooLlavaProcessor
+Shared: ``image_transforms`` (resolution strategies and torch-free geometry), ``image_processing_common``,
+``processing_common`` (``ZooProcessorMixin``, the base and hooks every processor inherits) and
+``chat_templates``. Each family's processor lives in ``processing_<family>.py`` with the image processors it
+uses; ``vlmzoo.auto``'s family table imports them from there, and ``vlmzoo`` exports them. Nothing here lists
+the families (docs/design.md §3).
+"""
 
-__all__ = [
-    "ZooAnyResImageProcessor",
-    "ZooFixedResImageProcessor",
-    "ZooLlavaProcessor",
-    "ZooResizeImageProcessor",
-    "ZooBlip2Processor",
-    "ZooInstructBlipProcessor",
-]
+from .processing_common import ZooProcessorMixin
+
+__all__ = ["ZooProcessorMixin"]

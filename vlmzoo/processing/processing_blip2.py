@@ -13,13 +13,15 @@ identical to transformers'.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import make_flat_list_of_images
 from transformers.processing_utils import MultiModalData, ProcessorMixin
 
 from .chat_templates import vicuna_chat_template
 from .image_processing_resize import ZooResizeImageProcessor
-from .processing_common import check_images_per_sample
+from .processing_common import ZooProcessorMixin, check_images_per_sample
 
 DEFAULT_IMAGE_TOKEN = "<image>"
 # USER: … ASSISTANT: turns; images write nothing (their tokens go before the prompt)
@@ -43,7 +45,7 @@ def _padded_length(padding, lengths: list[int], max_length: int | None, multiple
     return target
 
 
-class ZooBlip2Processor(ProcessorMixin):
+class ZooBlip2Processor(ZooProcessorMixin):
     r"""
     Args:
         image_processor: a ``ZooResizeImageProcessor`` at the vision tower's size.
@@ -171,6 +173,9 @@ class ZooInstructBlipProcessor(ZooBlip2Processor):
         image_processor, tokenizer, num_query_tokens, image_token, chat_template: as ``ZooBlip2Processor``.
         qformer_tokenizer: the Q-Former's tokenizer (BERT's in the paper); pads on the right.
     """
+
+    # the Q-Former's tokenizer: absolute positions (BERT), so its tiny stand-in pads on the right
+    extra_tokenizers: ClassVar[dict[str, dict[str, Any]]] = {"qformer_tokenizer": {"padding_side": "right"}}
 
     def __init__(self, image_processor=None, tokenizer=None, qformer_tokenizer=None, num_query_tokens: int = 32,
                  image_token=None, chat_template=None, **kwargs):

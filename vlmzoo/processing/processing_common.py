@@ -1,16 +1,29 @@
-"""What every vlmzoo processor shares on top of transformers' ``ProcessorMixin``.
+"""The base every vlmzoo processor inherits, and the per-sample image check (docs/design.md §3, §4).
+
+:class:`ZooProcessorMixin` is transformers' ``ProcessorMixin`` plus the hooks shared code calls on any
+family's processor, so that shared code never asks which family it holds (docs/adding_a_family.md):
+
+- ``extra_tokenizers`` (class attribute): the tokenizers the processor takes besides ``tokenizer``, by
+  ``__init__`` argument name, each with the options of its tiny stand-in (``vlmzoo.tiny_tokenizer``);
+  ``vlmzoo.presets.get_processor`` builds them, converters load them from the checkpoint's ``<name>/``
+  folder (where ``ProcessorMixin.save_pretrained`` writes them);
+- ``from_model_config(config, tokenizer, **extra_tokenizers, **options)``: the processor a model config
+  needs, built in one place (presets, converters, docs);
+- ``prompt_only_inputs(prompts)``: inputs that must see the prompt only (never the reply being learned),
+  which the training collator adds to every batch; none by default.
 
 :func:`check_images_per_sample` is an input check transformers does not make: when images are given per sample
 (a list of lists, one per text, as ``apply_chat_template`` passes them), each sample's list must hold as many
 images as its own text asks for. transformers only compares the totals, so ``images=[[a], [b]]`` with texts
-holding 2 and 0 placeholders would silently move sample 1's image into sample 0. :class:`ZooProcessorMixin`
-runs it for processors whose texts carry one placeholder per image (LLaVA); a processor that places the image
-tokens itself calls it with its own rule (the Q-Former families: one image per prompt).
+holding 2 and 0 placeholders would silently move sample 1's image into sample 0. ``ZooProcessorMixin`` runs it
+for processors whose texts carry one placeholder per image; a processor that places the image tokens itself
+(its own ``__call__``) calls it with its own rule (e.g. one image per prompt).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 from transformers.processing_utils import ProcessorMixin
 
@@ -49,7 +62,31 @@ def check_images_per_sample(images, text, images_expected: Callable[[str], int],
 
 
 class ZooProcessorMixin(ProcessorMixin):
-    """``ProcessorMixin`` with the per-sample image check: one image per ``image_token`` in each text."""
+    """``ProcessorMixin`` with vlmzoo's processor hooks (see the module docstring) and the per-sample image
+    check: one image per ``image_token`` in each text.
+
+    The hooks are class attributes and methods only: ``ProcessorMixin`` saves what ``__init__`` takes and the
+    sub-processors, so nothing here changes what ``save_pretrained`` writes.
+    """
+
+    # tokenizers besides `tokenizer`: `__init__` argument (and save folder) name -> options of the tiny stand-in
+    # (`vlmzoo.tiny_tokenizer.build_tiny_tokenizer(**options)`, e.g. {"padding_side": "right"})
+    extra_tokenizers: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def from_model_config(cls, config, tokenizer, **options) -> "ZooProcessorMixin":
+        """The processor ``config`` (the family's model config) needs, with ``tokenizer`` and, by name, each of
+        ``extra_tokenizers``. Every family defines it; presets, converters and docs build processors with it."""
+        raise NotImplementedError(f"{cls.__name__} does not define from_model_config(config, tokenizer, ...)")
+
+    def prompt_only_inputs(self, prompts: Sequence[str]) -> dict[str, Any]:
+        """Model inputs computed from the prompts alone, for a training batch made from whole conversations.
+
+        ``prompts``: each conversation rendered up to (without) its last assistant reply, with the generation
+        prompt, as at inference. ``VLMDataCollator`` adds what this returns (tensors, one row per prompt) to every
+        batch, replacing the same keys of the whole-conversation encoding. Default: nothing (``{}``).
+        """
+        return {}
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
         image_token = getattr(self, "image_token", None)

@@ -2,9 +2,10 @@
 
 Labels come from the chat template's assistant mask (``{% generation %}`` blocks, via transformers'
 ``return_assistant_tokens_mask``): only assistant replies are learned; the prompt, the image tokens and
-the padding are -100. Works with any vlmzoo processor. Inputs that must see the prompt only (InstructBLIP's
-Q-Former instruction: it must not read the answer it learns to give) come from the processor's
-``prompt_only_inputs`` over each conversation rendered up to its last reply, as at inference.
+the padding are -100. Works with any vlmzoo processor (a ``ZooProcessorMixin``). Inputs that must see the
+prompt only (InstructBLIP's Q-Former instruction: it must not read the answer it learns to give) come from the
+processor's hook ``prompt_only_inputs(prompts)`` (``vlmzoo.processing.processing_common``; ``{}`` by default),
+called on every batch with each conversation rendered up to its last reply, as at inference.
 
 For a model whose language model is an encoder-decoder (BLIP-2 / InstructBLIP with Flan-T5,
 ``encoder_decoder=True``), the last assistant reply becomes the decoder's ``labels`` (ending with the
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from ..processing.processing_common import ZooProcessorMixin
 
 IGNORE_INDEX = -100
 
@@ -62,6 +65,13 @@ class VLMDataCollator:
     max_length: int | None = None
     encoder_decoder: bool = False  # the model's config.is_encoder_decoder (Flan-T5 language models)
 
+    def __post_init__(self):
+        if not isinstance(self.processor, ZooProcessorMixin):
+            raise TypeError(
+                f"VLMDataCollator takes a vlmzoo processor (a ZooProcessorMixin, e.g. from AutoProcessor after "
+                f"`import vlmzoo`, or vlmzoo.presets.get_processor), got {type(self.processor).__name__}"
+            )
+
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
         if not examples:
             raise ValueError("cannot collate an empty batch: no examples with 'messages'")
@@ -85,8 +95,7 @@ class VLMDataCollator:
             return_tensors="pt",
             processor_kwargs={"padding": True, "padding_side": "right"},
         )
-        if hasattr(self.processor, "prompt_only_inputs"):
-            batch.update(self.processor.prompt_only_inputs(self._prompts(conversations)))
+        batch.update(self.processor.prompt_only_inputs(self._prompts(conversations)))
         input_ids = batch["input_ids"]
         if self.max_length is not None and input_ids.shape[1] > self.max_length:
             raise ValueError(
