@@ -26,9 +26,10 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest tests -q
 
-# the property-based tests with 1,000 generated cases per property and family (tests/conftest.py profiles)
+# every tiny preset of every family through the common and bad-input suites (the default run takes one per family
+# and LM kind), and the property-based tests with 1,000 generated cases per property and family
 test-thorough: venv
-	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest tests -q
+	VLMZOO_TEST_VARIANTS=1 HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest tests -q
 
 # newest releases of everything but torch, in a fresh environment of its own
 test-latest:

@@ -521,3 +521,27 @@ def test_activation_checkpointing_gives_the_same_gradients(case):
         # the recompute may sum in another order: float32 rounding, relative to the gradient's scale
         tolerance = 4e-6 * max(1.0, plain[name].abs().max().item())
         torch.testing.assert_close(checkpointed[name], plain[name], atol=tolerance, rtol=0, msg=name)
+
+
+def test_forwards_document_every_argument_with_its_type_and_name_what_they_return(case):
+    """help(model.forward) shows each argument (the family's own included) with its type, and the return annotation
+    names the class the forward returns."""
+    import inspect
+    import typing
+
+    model, processor = build(case)
+    batch, _, _ = two_prompt_batch(processor)
+    batch = with_decoder_target(model, batch)
+    for module in (model, model.model):
+        signature = inspect.signature(module.forward)
+        documented = module.forward.__doc__ or ""
+        for name, parameter in signature.parameters.items():
+            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                assert "**kwargs" in documented
+                continue
+            assert parameter.annotation is not inspect.Parameter.empty, name
+            assert f"\n        {name} (`" in documented, f"{type(module).__name__}.forward does not document {name}"
+        with torch.no_grad():
+            output = module(**batch)
+        returned = typing.get_args(signature.return_annotation)
+        assert type(output) in returned and tuple in returned, (type(output), signature.return_annotation)

@@ -1,4 +1,4 @@
-"""Torch-free geometry facts that processing, configuration and modeling share (DESIGN.md §3).
+"""Torch-free geometry facts that processing, configuration and modeling share (docs/design.md §3).
 
 One module, imported by the processors (which decide how many tokens a view makes), the configs (which check
 their sizes) and the models (which select and lay out features), so the three can never disagree and

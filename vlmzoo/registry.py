@@ -1,6 +1,6 @@
 """Small string-keyed registries filled by decorators (projectors, fusion modules, families).
 
-DESIGN.md §3: blocks are looked up by key; an unknown key raises ``ValueError`` naming the valid keys,
+docs/design.md §3: blocks are looked up by key; an unknown key raises ``ValueError`` naming the valid keys,
 so there are no ``if/elif`` chains on strings anywhere in the package.
 """
 

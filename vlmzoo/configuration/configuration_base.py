@@ -1,5 +1,5 @@
 # Copyright 2026 the vlmzoo authors. Licensed under the Apache License, Version 2.0.
-"""The config base every family shares (DESIGN.md §4, §5): sub-configs, the image token, the tie rule,
+"""The config base every family shares (docs/design.md §4, §5): sub-configs, the image token, the tie rule,
 the component table and the typed training-stage table.
 
 A family config subclasses :class:`ZooVLMConfig`, declares its ``sub_configs_defaults``, its

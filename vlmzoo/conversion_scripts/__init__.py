@@ -1,4 +1,4 @@
-"""Conversion scripts: official and transformers-reference checkpoints -> vlmzoo checkpoints (DESIGN.md §6).
+"""Conversion scripts: official and transformers-reference checkpoints -> vlmzoo checkpoints (docs/design.md §6).
 
 Shared machinery, re-exported by ``common``:
 

@@ -1,4 +1,4 @@
-"""Reading the inputs of a conversion: checkpoint directories, JSON files, configs, tokenizers (DESIGN.md §6).
+"""Reading the inputs of a conversion: checkpoint directories, JSON files, configs, tokenizers (docs/design.md §6).
 
 Owns :class:`CheckpointReader`, which finds the weights of a directory (safetensors preferred over ``.bin``,
 an ``*.index.json`` over a single file), lists every tensor's file, shape and dtype without loading it

@@ -1,4 +1,4 @@
-"""Machinery every conversion script shares (DESIGN.md §6): arguments, the source registry, the run.
+"""Machinery every conversion script shares (docs/design.md §6): arguments, the source registry, the run.
 
 Owns:
 

@@ -1,4 +1,4 @@
-"""Convert BLIP-2 checkpoints into vlmzoo's ``ZooBlip2ForConditionalGeneration`` (DESIGN.md §6).
+"""Convert BLIP-2 checkpoints into vlmzoo's ``ZooBlip2ForConditionalGeneration`` (docs/design.md §6).
 
 Follows BLIP-2 (Li et al. 2023) as transformers 5.24 stores it. ``--source hf``: a directory written by
 transformers' ``Blip2ForConditionalGeneration.save_pretrained`` (e.g. a local copy of Salesforce/blip2-opt-2.7b),

@@ -1,4 +1,4 @@
-"""Convert InstructBLIP checkpoints into vlmzoo's ``ZooInstructBlipForConditionalGeneration`` (DESIGN.md §6).
+"""Convert InstructBLIP checkpoints into vlmzoo's ``ZooInstructBlipForConditionalGeneration`` (docs/design.md §6).
 
 Follows InstructBLIP (Dai et al. 2023) as transformers 5.24 stores it: the BLIP-2 layout (``vision_model.*``,
 ``query_tokens``, ``qformer.*`` now with its word embeddings, ``language_projection.*``,

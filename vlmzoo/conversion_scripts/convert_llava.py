@@ -1,4 +1,4 @@
-"""Convert LLaVA 1.0 / 1.5 / NeXT checkpoints into vlmzoo's ``ZooLlavaForConditionalGeneration`` (DESIGN.md §6).
+"""Convert LLaVA 1.0 / 1.5 / NeXT checkpoints into vlmzoo's ``ZooLlavaForConditionalGeneration`` (docs/design.md §6).
 
 Follows the LLaVA papers (Liu et al. 2023, 2024) and their two public checkpoint layouts:
 

@@ -1,4 +1,4 @@
-"""The one exception a conversion raises for a user's mistake (DESIGN.md §6), and how it is printed.
+"""The one exception a conversion raises for a user's mistake (docs/design.md §6), and how it is printed.
 
 ``ConversionError`` means "the input, the output or the arguments cannot work": a missing, unreadable or
 corrupt file, a config the converter does not support, an output it must not replace. The entry points

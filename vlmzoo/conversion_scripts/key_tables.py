@@ -1,6 +1,6 @@
 """Key tables and the conversion plan: where every source tensor goes, checked before anything is written.
 
-Owns the rules of a key table (DESIGN.md §6):
+Owns the rules of a key table (docs/design.md §6):
 
 - :class:`Rename`: one source tensor -> one target (several templates: the first naming a tensor of the target
   model wins, which lets one rule accept layouts that differ by a level);

@@ -1,4 +1,4 @@
-"""Writing a conversion without ever losing data (DESIGN.md §6).
+"""Writing a conversion without ever losing data (docs/design.md §6).
 
 Owns the output side of a conversion:
 

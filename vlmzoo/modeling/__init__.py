@@ -1,1 +1,1 @@
-"""Model building blocks and family models (DESIGN.md §3)."""
+"""Model building blocks and family models (docs/design.md §3)."""

@@ -1,4 +1,4 @@
-"""Small learned modules that the skeleton and the families share (DESIGN.md §3 ``blocks.py``).
+"""Small learned modules that the skeleton and the families share (docs/design.md §3 ``blocks.py``).
 
 Learned vectors are modules, not bare parameters: each holds one ``weight`` (key ``<name>.weight``), so peft's
 ``modules_to_save`` trains it beside LoRA adapters (``get_peft_model`` freezes bare parameters), and its

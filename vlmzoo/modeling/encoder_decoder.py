@@ -1,4 +1,4 @@
-"""Encoder-decoder language models in the skeleton (DESIGN.md §4): the mixins a family composes to accept one.
+"""Encoder-decoder language models in the skeleton (docs/design.md §4): the mixins a family composes to accept one.
 
 The generic pair of ``modeling_base`` is decoder-only. A family whose config lists encoder-decoder LMs
 (``encoder_decoder_language_models``: BLIP-2 and InstructBLIP take Flan-T5, Chung et al. 2022) composes

@@ -1,4 +1,4 @@
-"""The shared VLM skeleton (DESIGN.md §4, docs/design.md): the generic model pair every family subclasses.
+"""The shared VLM skeleton (docs/design.md §4, docs/design.md): the generic model pair every family subclasses.
 
 Owns: the base ``PreTrainedModel`` flags (attention backends, gradient checkpointing, static cache and
 fullgraph compile; ``_no_split_modules`` are gathered from the sub-models by ``post_init``), weight
@@ -137,7 +137,7 @@ class ZooPreTrainedModel(PreTrainedModel):
         if hasattr(module, "_init_zoo_weights"):
             module._init_zoo_weights()
 
-    # ----- components and training stages (DESIGN.md §4, §5) --------------------------------------
+    # ----- components and training stages (docs/design.md §4, §5) --------------------------------------
     def component_parts(self) -> dict[str, list[nn.Module | nn.Parameter]]:
         """Component name -> its modules / bare parameters, read from the config's component table.
 
@@ -532,7 +532,7 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
         if base is None:
             return
         _require_visible_inputs(cls, _family_input_names(base))
-        # stable component names (DESIGN.md §4) as properties that read the base model
+        # stable component names (docs/design.md §4) as properties that read the base model
         for paths in cls.config_class.component_table.values():
             for path in paths:
                 name = path.split(".")[0]

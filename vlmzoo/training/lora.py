@@ -1,4 +1,4 @@
-"""LoRA for vlmzoo models: a ``peft.LoraConfig`` aimed at the right components (DESIGN.md §5).
+"""LoRA for vlmzoo models: a ``peft.LoraConfig`` aimed at the right components (docs/design.md §5).
 
 By default only the language model's linear layers get adapters (a plain ``["q_proj", "v_proj"]`` list
 would also hit CLIP/SigLIP attention); ``components=("language_model", "vision_tower")`` opts the tower in.

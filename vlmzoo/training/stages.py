@@ -1,4 +1,4 @@
-"""Training stages (DESIGN.md §5): freeze/unfreeze per the paper's recipe, with its learning rates.
+"""Training stages (docs/design.md §5): freeze/unfreeze per the paper's recipe, with its learning rates.
 
 ``model.set_training_stage(name)`` (on every vlmzoo model) does the freezing; this module adds the
 function form (which also takes a peft wrapper) and :func:`recipe_learning_rate`, which reads the
