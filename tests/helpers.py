@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import vlmzoo
+import zoo_test_families  # noqa: F401  (registers the in-test families before TINY_CASES is computed)
 from vlmzoo import presets
 
 ALL_TINY_CASES = [
@@ -91,10 +92,16 @@ def component_prefixes(model) -> dict[str, list[str]]:
 
 
 def vlmzoo_owned_prefixes(model) -> list[str]:
-    """Prefixes of the components' parts that are vlmzoo's own blocks (not inside a transformers sub-model)."""
+    """Prefixes of the components' parts that are vlmzoo's own blocks (not inside a transformers sub-model, and not a
+    container such as ``vision_towers`` whose parameters all lie in transformers sub-models)."""
     models = sub_models(model)
     inside = lambda name: any(name == m or name.startswith(m + ".") for m in models)  # noqa: E731
-    return [p for prefixes in component_prefixes(model).values() for p in prefixes if not inside(p) and p != "lm_head"]
+    names = [name for name, _ in model.named_parameters()]
+    only_sub_models = lambda p: all(inside(n) for n in names if n.startswith(p + "."))  # noqa: E731
+    return [
+        p for prefixes in component_prefixes(model).values() for p in prefixes
+        if not inside(p) and not only_sub_models(p) and p != "lm_head"
+    ]  # fmt: skip
 
 
 # ----- the language model's token view: decoder-only LMs read the prompt, encoder-decoders (Flan-T5) a target ------

@@ -361,6 +361,11 @@ def test_the_llava_family_explains_the_original_image_index():
     assert "-200 is the original LLaVA code's IMAGE_TOKEN_INDEX" in vlmzoo.ZooLlavaModel.token_hints[-200]
 
 
+def _a_tower_config(config):
+    """One of the config's vision towers: the primary, else the high-resolution branch, else the first expert."""
+    return config.vision_config or config.aux_vision_config or next(iter(config.vision_configs.values()))
+
+
 # ----- generate ------------------------------------------------------------------------------------------------
 GENERATE_ERRORS: list[tuple[str, Callable[[Context], dict], type, str]] = [
     ("pixel-values-as-list", lambda c: c.with_batch(pixel_values=list(c.batch["pixel_values"])), TypeError, "got a list"),
@@ -396,7 +401,7 @@ CONFIG_ERRORS: list[tuple[str, Callable[[Any], dict], type, str]] = [
     ("negative-image-token", lambda config: {"image_token_id": -1}, ValueError, r"image_token_id=-1 is outside"),
     ("text-config-as-vision-config", lambda config: {"vision_config": config.text_config}, ValueError,
      r"vision_config is a '\w+' config, which does not describe a vision model"),
-    ("vision-config-as-text-config", lambda config: {"text_config": config.vision_config}, ValueError,
+    ("vision-config-as-text-config", lambda config: {"text_config": _a_tower_config(config)}, ValueError,
      r"text_config is a '\w+' config without a vocab_size"),
     ("stage-with-unknown-component", lambda config: {"training_stages": {"align": ["projektor"]}}, ValueError,
      r"names unknown components \['projektor'\]"),

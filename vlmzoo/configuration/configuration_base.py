@@ -9,19 +9,36 @@ belongs to exactly one component) and its paper's recipe (``default_training_sta
 ``config.json``) override the recipe (a preset such as MiniGPT-4 carries its own); every stage is checked
 against the component table, every learning rate against the stages.
 
+Towers (docs/design.md §4): ``vision_config`` is the primary tower, ``aux_vision_config`` a high-resolution branch
+(LLaVA-HR's, Mini-Gemini's and FILA's ConvNeXt) and ``vision_configs`` an ordered, named mapping of experts
+(EAGLE's CLIP / ConvNeXt / SAM / ..., LEO's InternViT + SAM); the model builds each with ``AutoModel.from_config``
+(components ``vision_tower``, ``aux_vision_tower``, ``vision_towers``). All default to ``None``, so a family that
+does not use one is unchanged. Each accepts a ``PreTrainedConfig`` or a dict with a ``model_type`` (for
+``aux_vision_config`` a family may declare a default in ``sub_configs_defaults``; for ``vision_configs`` in
+``vision_configs_defaults``). ``vision_configs`` keeps its order in memory (a dict) and on disk: ``to_dict`` writes
+it as a list of ``{"name": ..., "config": {...}}`` entries (JSON objects lose their order: transformers writes
+``config.json`` with sorted keys), and that list form is accepted back. ``attn_implementation`` (a string, or a
+dict keyed by sub-config name, ``{"vision_configs": {"clip": ...}}`` for one expert) reaches ``aux_vision_config``
+and every expert as transformers makes it reach the sub-configs it knows.
+
 Fields every family shares are validated here at construction, with a message that says what to change:
-``image_token_id`` inside the text vocabulary, a ``vision_config`` that describes a vision model and a
-``text_config`` that describes a language model, and (for families that have them) ``vision_feature_layer``
-within the tower's hidden states (``num_hidden_layers + 1`` entries, negative indices from the end) and a known
+``image_token_id`` inside the text vocabulary, a ``vision_config`` (and ``aux_vision_config``, and every expert of
+``vision_configs``) that describes a vision model, expert names that are valid module names, a ``text_config``
+that describes a language model, and (for families that have them) ``vision_feature_layer`` within the tower's
+hidden states (``num_hidden_layers + 1`` entries, negative indices from the end) and a known
 ``vision_feature_select_strategy``.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import keyword
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
@@ -31,6 +48,9 @@ from ..geometry import dropped_tokens
 
 # attributes by which a sub-config shows that it describes a vision model (CLIP, SigLIP, ConvNeXt, Qwen2-VL, ...)
 VISION_CONFIG_MARKERS = ("image_size", "patch_size", "num_channels", "in_channels", "in_chans")
+
+# the keys of one serialised expert entry of `vision_configs` (see the module docstring)
+EXPERT_ENTRY_KEYS = ("name", "config")
 
 
 def check_feature_layers(layers, num_hidden_layers: int, name: str = "vision_feature_layer") -> list[int]:
@@ -53,11 +73,117 @@ def check_feature_layers(layers, num_hidden_layers: int, name: str = "vision_fea
     return list(requested)
 
 
+def tower_config_from(value: Any, where: str, spec: SubConfigSpec | None = None) -> PreTrainedConfig:
+    """The ``PreTrainedConfig`` of one tower given as a config or as a dict with a ``model_type``.
+
+    ``where`` names the field in messages (``aux_vision_config``, ``vision_configs['clip']``); ``spec`` is the
+    family's default for it (a dict without a ``model_type`` then takes the spec's), as ``sub_configs_defaults``.
+    """
+    if isinstance(value, PreTrainedConfig):
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"{where} must be a PreTrainedConfig or a dict with a 'model_type', got {type(value).__name__}"
+        )
+    fields = dict(value)
+    if spec is not None and "model_type" not in fields:
+        return spec.create_subconfig(where, fields)[0]
+    model_type = fields.pop("model_type", None)
+    if not isinstance(model_type, str) or not model_type:
+        raise ValueError(
+            f"{where} is a dict without a 'model_type'; name the tower's transformers model type (e.g. "
+            f"{{'model_type': 'convnext', ...}}) or pass its PreTrainedConfig"
+        )
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"{where} has model_type '{model_type}', which transformers does not know; use a vision model type such as "
+            f"clip_vision_model, siglip_vision_model or convnext"
+        )
+    return CONFIG_MAPPING[model_type](**fields)
+
+
+def _expert_entries(value: Any) -> list[tuple[Any, Any]]:
+    """(name, config) pairs of ``vision_configs`` given as a mapping, as the serialised list of
+    ``{"name": ..., "config": ...}`` entries, or as a list of (name, config) pairs; order kept."""
+    if isinstance(value, Mapping):
+        return list(value.items())
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(
+            f"vision_configs must map expert names to configs (a dict, in order), got {type(value).__name__}"
+        )
+    entries = []
+    for index, entry in enumerate(value):
+        if isinstance(entry, Mapping) and sorted(entry) == sorted(EXPERT_ENTRY_KEYS):
+            entries.append((entry["name"], entry["config"]))
+        elif isinstance(entry, (list, tuple)) and len(entry) == 2:
+            entries.append((entry[0], entry[1]))
+        else:
+            raise TypeError(
+                f"vision_configs[{index}] must be a {{'name': ..., 'config': ...}} entry or a (name, config) pair, "
+                f"got {entry!r:.80}"
+            )
+    return entries
+
+
+def check_expert_name(name: Any) -> str:
+    """``name`` when it can name an expert's module (``vision_towers.<name>``); else ``ValueError`` / ``TypeError``."""
+    if not isinstance(name, str):
+        raise TypeError(f"vision_configs names must be strings, got {name!r}")
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise ValueError(
+            f"vision_configs name {name!r} is not a valid module name; use a Python identifier such as 'clip', "
+            f"'siglip' or 'convnext_1024' (letters, digits and underscores, not starting with a digit, not a keyword)"
+        )
+    return name
+
+
+def build_vision_configs(value: Any, defaults: Mapping[str, SubConfigSpec]) -> dict[str, PreTrainedConfig] | None:
+    """The ordered ``name -> PreTrainedConfig`` mapping of ``vision_configs`` (``None`` stays ``None`` unless the
+    family declares ``vision_configs_defaults``); names and emptiness checked here, kinds in ``_check_shared_fields``."""
+    if value is None:
+        if not defaults:
+            return None
+        return {name: spec.create_subconfig(name, None)[0] for name, spec in defaults.items()}
+    experts: dict[str, PreTrainedConfig] = {}
+    for name, config in _expert_entries(value):
+        check_expert_name(name)
+        if name in experts:
+            raise ValueError(f"vision_configs names the expert '{name}' twice; give each expert one unique name")
+        experts[name] = tower_config_from(config, f"vision_configs[{name!r}]", defaults.get(name))
+    if not experts:
+        raise ValueError(
+            "vision_configs is empty; give at least one expert (name -> vision config), or None for a family without "
+            "experts"
+        )
+    return experts
+
+
+def _check_describes_vision_model(config: PreTrainedConfig, where: str, hint: str) -> None:
+    """``ValueError`` unless ``config`` describes a vision model (one of ``VISION_CONFIG_MARKERS``, not an LM type)."""
+    model_type = getattr(config, "model_type", type(config).__name__)
+    language_model_types = {*MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, *MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES}
+    if model_type in language_model_types or not any(hasattr(config, marker) for marker in VISION_CONFIG_MARKERS):
+        raise ValueError(
+            f"{where} is a '{model_type}' config, which does not describe a vision model (it has none of "
+            f"{', '.join(VISION_CONFIG_MARKERS)}); {hint}"
+        )
+
+
+def _implementation_for(requested: str | dict | None, key: str, current: str | None):
+    """What a sub-config named ``key`` gets from a requested implementation (a string, or a dict keyed by sub-config
+    name whose missing keys keep the current value), as transformers' ``_attn_implementation`` setter resolves it."""
+    return requested.get(key, current) if isinstance(requested, dict) else requested
+
+
 @strict
 class ZooVLMConfig(PreTrainedConfig):
     r"""
     Args:
-        vision_config: the vision tower's transformers config.
+        vision_config: the vision tower's transformers config (the primary tower).
+        aux_vision_config: a high-resolution branch's config (e.g. a ConvNeXt); ``None`` for families without one.
+        vision_configs: an ordered mapping expert name -> config (e.g. ``{"clip": ..., "siglip": ..., "convnext":
+            ...}``); each value a ``PreTrainedConfig`` or a dict with a ``model_type``; names are module names
+            (``vision_towers.<name>``); ``None`` for families without experts.
         text_config: the language model's transformers config.
         image_token_id: id of the image placeholder token in the tokenizer.
         training_stages: stage name -> components that train (defaults: the family's recipe).
@@ -76,8 +202,14 @@ class ZooVLMConfig(PreTrainedConfig):
     # the encoder-decoder language models (text config model_types) the family accepts, through the mixins of
     # modeling/encoder_decoder.py; empty: decoder-only LMs only
     encoder_decoder_language_models: ClassVar[tuple[str, ...]] = ()
+    # the family's default experts (name -> spec, in order), used when `vision_configs` is None; a dict given for one
+    # of these names may leave out its `model_type`. (`vision_configs` is never in `sub_configs_defaults`: transformers
+    # reads those as single configs.)
+    vision_configs_defaults: ClassVar[dict[str, SubConfigSpec]] = {}
 
     vision_config: dict | PreTrainedConfig | None = None
+    aux_vision_config: dict | PreTrainedConfig | None = None
+    vision_configs: dict | list | None = None
     text_config: dict | PreTrainedConfig | None = None
     image_token_id: int = 32000
     training_stages: dict[str, list[str]] | None = None
@@ -85,6 +217,11 @@ class ZooVLMConfig(PreTrainedConfig):
     tie_word_embeddings: bool | None = None
 
     def __post_init__(self, **kwargs):
+        # the towers transformers does not build itself are built first, so that the attention implementation set in
+        # super().__post_init__ reaches them
+        if "aux_vision_config" not in self.sub_configs_defaults and self.aux_vision_config is not None:
+            self.aux_vision_config = tower_config_from(self.aux_vision_config, "aux_vision_config")
+        self.vision_configs = build_vision_configs(self.vision_configs, self.vision_configs_defaults)
         super().__post_init__(**kwargs)
         self._check_shared_fields()
         if self.tie_word_embeddings is None:
@@ -115,16 +252,20 @@ class ZooVLMConfig(PreTrainedConfig):
         """The sub-configs' kinds, the image token and the vision feature selection (see the module docstring)."""
         vision, text = self.vision_config, self.text_config
         if vision is not None:
-            vision_type = getattr(vision, "model_type", type(vision).__name__)
-            language_model_types = {*MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, *MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES}
-            if vision_type in language_model_types or not any(
-                hasattr(vision, marker) for marker in VISION_CONFIG_MARKERS
-            ):
-                raise ValueError(
-                    f"vision_config is a '{vision_type}' config, which does not describe a vision model (it has none of "
-                    f"{', '.join(VISION_CONFIG_MARKERS)}); pass the vision tower's config (e.g. clip_vision_model, "
-                    f"siglip_vision_model) as vision_config and the language model's as text_config"
-                )
+            _check_describes_vision_model(
+                vision, "vision_config", "pass the vision tower's config (e.g. clip_vision_model, siglip_vision_model) "
+                "as vision_config and the language model's as text_config",
+            )  # fmt: skip
+        if self.aux_vision_config is not None:
+            _check_describes_vision_model(
+                self.aux_vision_config, "aux_vision_config",
+                "pass the high-resolution tower's config (e.g. convnext) as aux_vision_config",
+            )  # fmt: skip
+        for name, expert in (self.vision_configs or {}).items():
+            _check_describes_vision_model(
+                expert, f"vision_configs[{name!r}]", "every expert must be a vision tower's config (e.g. "
+                "clip_vision_model, siglip_vision_model, convnext)",
+            )  # fmt: skip
         vocab_size = getattr(text, "vocab_size", None) if text is not None else None
         if text is not None and not isinstance(vocab_size, int):
             raise ValueError(
@@ -162,3 +303,63 @@ class ZooVLMConfig(PreTrainedConfig):
                 f"text_config is a '{model_type}' encoder-decoder language model; {type(self).__name__} takes decoder-only "
                 f"language models and {takes}"
             )
+
+    # ----- the towers transformers does not know as sub-configs: attention implementation and serialisation ----------
+    def _towers_outside_sub_configs(self) -> Iterable[tuple[str, str | None, PreTrainedConfig]]:
+        """(field, expert name or None, config) of ``aux_vision_config`` (when the family's ``sub_configs_defaults``
+        does not declare it) and of every expert; transformers' own propagation covers ``sub_configs``."""
+        aux = self.__dict__.get("aux_vision_config")
+        if isinstance(aux, PreTrainedConfig) and "aux_vision_config" not in self.sub_configs:
+            yield "aux_vision_config", None, aux
+        experts = self.__dict__.get("vision_configs")
+        if isinstance(experts, dict):
+            for name, expert in experts.items():
+                if isinstance(expert, PreTrainedConfig):
+                    yield "vision_configs", name, expert
+
+    def _spread_implementation(self, attribute: str, requested: str | dict | None) -> None:
+        for field_name, name, tower in self._towers_outside_sub_configs():
+            current = getattr(tower, attribute, None)
+            value = _implementation_for(requested, field_name, current)
+            if name is not None:  # a dict for the experts may name each one
+                value = _implementation_for(value, name, current)
+            setattr(tower, attribute, value)
+
+    @property
+    def _attn_implementation(self):
+        return self._attn_implementation_internal
+
+    @_attn_implementation.setter
+    def _attn_implementation(self, value: str | dict | None):
+        PreTrainedConfig._attn_implementation.fset(self, value)
+        self._spread_implementation("_attn_implementation", value)
+
+    @property
+    def _experts_implementation(self):
+        return self._experts_implementation_internal
+
+    @_experts_implementation.setter
+    def _experts_implementation(self, value: str | dict | None):
+        PreTrainedConfig._experts_implementation.fset(self, value)
+        self._spread_implementation("_experts_implementation", value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """transformers' ``to_dict``, with ``vision_configs`` as the ordered list of ``{"name", "config"}`` entries."""
+        output = super().to_dict()
+        if self.vision_configs is not None:
+            entries = []
+            for name, expert in self.vision_configs.items():
+                fields = expert.to_dict()
+                fields.pop("transformers_version", None)  # as transformers writes its own sub-configs
+                entries.append({"name": name, "config": fields})
+            output["vision_configs"] = entries
+        return output
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        """transformers' ``to_diff_dict`` (what ``config.json`` holds), without the tower fields a family leaves unset,
+        so the configs of families without a high-resolution branch or experts read as before."""
+        output = super().to_diff_dict()
+        for name in ("aux_vision_config", "vision_configs"):
+            if output.get(name, ...) is None:
+                del output[name]
+        return output

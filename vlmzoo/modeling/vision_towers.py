@@ -13,11 +13,22 @@ Blocks for the high-resolution families (LLaVA-HR, Mini-Gemini, FILA):
   (Mini-Gemini's 4-stage aux features, FILA's per-stage fusion, LLaVA-HR's final stage).
 - ``resample_position_embeddings`` / ``resize_vit_position_embeddings``: run a ViT at another resolution
   with a resampled position table (LLaVA-HR's 336 → 448 CLIP; transformers' ``interpolate_pos_encoding``).
+Several towers (docs/design.md §4: ``aux_vision_config``, ``vision_configs``) and their views:
+
+- ``build_tower`` / ``build_vision_towers``: one tower, or a ``nn.ModuleDict`` of named experts (EAGLE, LEO), each
+  ``AutoModel.from_config``; an attention-free tower (ConvNeXt) accepts every attention implementation, and the
+  experts' container (``VisionTowers``) passes on what transformers gathers from sub-models (``_no_split_modules``,
+  tied keys, parallel plans).
+- ``ViewSpec`` / ``derive_view``: each tower's input derived from the one high-resolution ``pixel_values`` tensor
+  (LLaVA-HR's and Mini-Gemini's low-resolution ViT view, EAGLE's per-expert views): a resize with a named mode of
+  ``RESIZE_MODES`` (``resize_maps``) and a re-normalisation from the processor's mean/std to the tower's.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -381,3 +392,263 @@ def resize_vit_position_embeddings(
     if embeddings_config is not None and embeddings_config is not tower.config:
         embeddings_config.image_size = image_size
     return tower
+
+
+# --------------------------------------------------------------------------------------------------------
+# Several towers: a high-resolution branch, a named mapping of experts (LLaVA-HR, Mini-Gemini, FILA, EAGLE, LEO)
+# --------------------------------------------------------------------------------------------------------
+
+# vision model types without attention layers: every attention implementation runs them the same
+ATTENTION_FREE_TOWERS: frozenset[str] = frozenset({"convnext", "convnextv2", "resnet"})
+_ATTENTION_SUPPORT_FLAGS = ("_supports_sdpa", "_supports_flash_attn", "_supports_flex_attn")
+
+
+def build_tower(config: PreTrainedConfig) -> nn.Module:
+    """``AutoModel.from_config(config)``; a tower of ``ATTENTION_FREE_TOWERS`` accepts any attention implementation.
+
+    transformers refuses ``attn_implementation="sdpa"`` for a ConvNeXt (``_supports_sdpa`` is False: it has no
+    attention at all), so a composite model holding one could neither be loaded with
+    ``from_pretrained(attn_implementation="sdpa")`` nor switched with ``set_attn_implementation("sdpa")``. Such a
+    tower is built with the implementation left to transformers, then records the requested one and declares the
+    backends supported (instance flags: nothing in it reads them), so the composite's choice reaches it as it reaches
+    the attention towers.
+    """
+    if getattr(config, "model_type", None) not in ATTENTION_FREE_TOWERS:
+        return AutoModel.from_config(config)
+    requested = config._attn_implementation
+    config._attn_implementation_internal = None  # a ConvNeXt config has no sub-configs to reach
+    tower = AutoModel.from_config(config)
+    for flag in _ATTENTION_SUPPORT_FLAGS:
+        setattr(tower, flag, True)
+    if requested is not None:
+        tower.config._attn_implementation_internal = requested
+    return tower
+
+
+# what a transformers model's post_init gathers from its direct children (transformers 5.24 `PreTrainedModel.post_init`
+# and `init_parallel_plans`): sets merged as they are, and mappings / sets whose entries name modules by path
+_GATHERED_SETS = (
+    "_no_split_modules", "_keep_in_fp32_modules", "_keep_in_fp32_modules_strict", "_skip_keys_device_placement",
+    "_keys_to_ignore_on_load_unexpected", "_keys_to_ignore_on_load_missing",
+)  # fmt: skip
+_GATHERED_PLANS = ("_tp_plan", "_ep_plan", "_pp_plan", "_fsdp_plan")
+
+
+class VisionTowers(nn.ModuleDict):
+    """Named experts (``vision_towers.<name>``), holding what transformers gathers from a model's children.
+
+    transformers' ``post_init`` reads ``_no_split_modules``, the fp32 / device-placement / load-key sets, the tied
+    keys and the parallel plans from each *direct* child of a model; experts inside a ``ModuleDict`` are its
+    grandchildren, so this container gathers them from its members (paths prefixed with the member's name), and
+    the model holding it then sees them as it sees a single tower's.
+    """
+
+    def __init__(self, towers: Mapping[str, nn.Module]):
+        super().__init__(towers)
+        for attribute in _GATHERED_SETS:
+            setattr(self, attribute, set().union(*(getattr(t, attribute, None) or () for t in self.values())))
+        self.all_tied_weights_keys = {
+            f"{name}.{target}": f"{name}.{source}"
+            for name, tower in self.items()
+            for target, source in (getattr(tower, "all_tied_weights_keys", None) or {}).items()
+        }
+        self._keys_to_ignore_on_save = {
+            f"{name}.{key}" for name, tower in self.items() for key in getattr(tower, "_keys_to_ignore_on_save", None) or ()
+        }
+        for attribute in _GATHERED_PLANS:
+            plans = {
+                f"{name}.{key}": style
+                for name, tower in self.items()
+                for key, style in (getattr(tower, attribute, None) or {}).items()
+            }
+            setattr(self, attribute, plans)
+
+
+def build_vision_towers(configs: Mapping[str, PreTrainedConfig]) -> VisionTowers:
+    """The experts of ``vision_configs`` (each ``build_tower``) as a ``nn.ModuleDict`` in the mapping's order (keys
+    ``<name>.*``): a :class:`VisionTowers`, which passes on what transformers gathers from sub-models.
+
+    Names come checked by the config (module-name identifiers); a name that is an attribute of ``nn.ModuleDict``
+    (``keys``, ``items``, ``type``, ...) cannot be a key and is refused here with a ``ValueError``.
+    """
+    if not isinstance(configs, Mapping) or not configs:
+        raise ValueError(f"build_vision_towers needs a non-empty mapping name -> vision config, got {configs!r:.80}")
+    clashing = [name for name in configs if hasattr(nn.ModuleDict, name)]
+    if clashing:
+        raise ValueError(
+            f"expert names {clashing} are attributes of nn.ModuleDict and cannot name a module; rename them "
+            f"(e.g. '{clashing[0]}_tower')"
+        )
+    return VisionTowers({name: build_tower(config) for name, config in configs.items()})
+
+
+# --------------------------------------------------------------------------------------------------------
+# Views: each tower's input derived from the one pixel tensor (LLaVA-HR, Mini-Gemini, EAGLE)
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResizeMode:
+    """One resize mode: the ``torch.nn.functional.interpolate`` mode, and whether it interpolates (then it takes
+    ``antialias`` and ``align_corners``; nearest-neighbour modes take neither)."""
+
+    torch_mode: str
+    interpolates: bool
+
+
+RESIZE_MODES: Registry = Registry("resize mode")
+RESIZE_MODES.register("nearest")(ResizeMode("nearest", interpolates=False))  # torch's floor(i * scale)
+# the source pixel under the output pixel's centre, floor((i + 0.5) * scale) (PIL's NEAREST convention)
+RESIZE_MODES.register("nearest-exact")(ResizeMode("nearest-exact", interpolates=False))
+RESIZE_MODES.register("bilinear")(ResizeMode("bilinear", interpolates=True))
+RESIZE_MODES.register("bicubic")(ResizeMode("bicubic", interpolates=True))  # a=-0.75; with antialias PIL's a=-0.5
+
+
+def check_resize(mode: str, antialias: bool = False, align_corners: bool | None = None) -> ResizeMode:
+    """The ``ResizeMode`` of ``mode``; ``ValueError`` for an unknown mode (naming the valid ones) and for
+    ``antialias`` / ``align_corners`` with a nearest-neighbour mode, which has no filter and no sample grid to align."""
+    resize = RESIZE_MODES.get(mode)
+    if not isinstance(antialias, bool):
+        raise TypeError(f"antialias must be True or False, got {antialias!r}")
+    if align_corners is not None and not isinstance(align_corners, bool):
+        raise TypeError(f"align_corners must be True, False or None, got {align_corners!r}")
+    interpolating = [key for key in RESIZE_MODES if RESIZE_MODES.get(key).interpolates]
+    if not resize.interpolates and align_corners is not None:
+        raise ValueError(
+            f"align_corners={align_corners} is refused with mode '{mode}': a nearest-neighbour resize has no "
+            f"interpolation grid to align; leave align_corners=None, or use one of {interpolating}"
+        )
+    if not resize.interpolates and antialias:
+        raise ValueError(
+            f"antialias=True is refused with mode '{mode}': a nearest-neighbour resize has no filter to widen; use "
+            f"one of {interpolating} for an antialiased resize"
+        )
+    return resize
+
+
+def _check_size(size: int | Sequence[int], name: str = "size") -> tuple[int, int]:
+    sides = (size, size) if isinstance(size, int) and not isinstance(size, bool) else size
+    valid = isinstance(sides, (list, tuple)) and len(sides) == 2
+    valid = valid and all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in sides)
+    if not valid:
+        raise ValueError(f"{name} must be a positive integer or a (height, width) pair of them; got {size!r}")
+    return (int(sides[0]), int(sides[1]))
+
+
+def resize_maps(
+    maps: torch.Tensor,
+    size: int | Sequence[int],
+    mode: str,
+    antialias: bool = False,
+    align_corners: bool | None = None,
+) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, height, width) with ``F.interpolate`` in a mode of ``RESIZE_MODES``.
+
+    Exactly ``F.interpolate(maps, size, mode=..., antialias=..., align_corners=...)`` for float32 / float64 maps;
+    half-precision maps are resized in float32 and returned in their dtype (CPU kernels lack some half modes). A map
+    already at ``size`` is returned as it is (every mode is the identity there).
+    """
+    height, width = _check_size(size)
+    resize = check_resize(mode, antialias, align_corners)
+    if not isinstance(maps, torch.Tensor) or maps.dim() != 4:
+        shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+        raise ValueError(f"resize_maps takes (batch, channels, height, width) maps; got {shape}")
+    if tuple(maps.shape[-2:]) == (height, width):
+        return maps
+    options = {"antialias": antialias, "align_corners": align_corners} if resize.interpolates else {}
+    compute = maps if maps.dtype in (torch.float32, torch.float64) else maps.float()
+    resized = F.interpolate(compute, size=(height, width), mode=resize.torch_mode, **options)
+    return resized.to(maps.dtype)
+
+
+def _statistics(values: Sequence[float], name: str) -> tuple[float, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise ValueError(f"{name} must be a non-empty sequence of numbers (one per channel), got {values!r}")
+    numbers = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must hold finite numbers (one per channel), got {values!r}")
+        numbers.append(float(value))
+    return tuple(numbers)
+
+
+def _check_mean_std(mean: Sequence[float], std: Sequence[float], owner: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    mean, std = _statistics(mean, f"{owner} mean"), _statistics(std, f"{owner} std")
+    if len(mean) != len(std):
+        raise ValueError(f"{owner} mean has {len(mean)} channels but its std {len(std)}; give one of each per channel")
+    if not all(value > 0 for value in std):
+        raise ValueError(f"{owner} std must be positive in every channel, got {std}")
+    return mean, std
+
+
+@dataclass(frozen=True, kw_only=True)
+class ViewSpec:
+    """How one tower sees the processor's pixels: its input size, the resize, and its own normalisation.
+
+    Attributes:
+        size: the tower's input (height, width) in pixels; an int is a square.
+        mode: a key of ``RESIZE_MODES`` (``nearest``, ``nearest-exact``, ``bilinear``, ``bicubic``).
+        antialias: low-pass filter when downsizing (bilinear / bicubic only; torch's antialiased bicubic is PIL's).
+        align_corners: as ``F.interpolate`` takes it (``True`` in LLaVA-HR's and EAGLE's official resizes); ``None``
+            for nearest-neighbour modes, which refuse it.
+        mean, std: the tower's per-channel normalisation (e.g. CLIP's, SigLIP's 0.5, ConvNeXt's ImageNet statistics).
+    """
+
+    size: int | tuple[int, int]
+    mode: str = "bilinear"
+    antialias: bool = False
+    align_corners: bool | None = None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "size", _check_size(self.size, "ViewSpec size"))
+        check_resize(self.mode, self.antialias, self.align_corners)
+        mean, std = _check_mean_std(self.mean, self.std, "the view's")
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+
+
+def derive_view(
+    pixel_values: torch.Tensor, source_mean: Sequence[float], source_std: Sequence[float], spec: ViewSpec
+) -> torch.Tensor:
+    """One tower's input from the processor's normalised pixels: resize to ``spec.size``, then re-normalise.
+
+    Serves LLaVA-HR (the 448 ViT view of the 1024 image, bilinear ``align_corners=True``), Mini-Gemini (the 336 view
+    of the aux-size image) and EAGLE (each expert's view of the padded 1024 image). The processor normalised the
+    pixels p as x = (p - source_mean) / source_std; the tower wants (p - spec.mean) / spec.std, which is
+    x * source_std / spec.std + (source_mean - spec.mean) / spec.std per channel. Resizing first is exact: every mode's
+    weights sum to one per output pixel, so the resize commutes with that per-channel affine map. With equal
+    statistics the view is the resize alone.
+
+    Args:
+        pixel_values: (B, C, H, W) floating pixels, normalised with ``source_mean`` / ``source_std``.
+        source_mean, source_std: the processor's ``image_mean`` / ``image_std`` (C values each).
+        spec: the tower's ``ViewSpec`` (C values of mean and std).
+
+    Returns:
+        (B, C, *spec.size) in ``pixel_values``' dtype.
+    """
+    if not isinstance(spec, ViewSpec):
+        raise TypeError(f"spec must be a ViewSpec, got {type(spec).__name__}")
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
+        shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+        raise ValueError(f"derive_view takes pixel_values of shape (batch, channels, height, width); got {shape}")
+    if not pixel_values.is_floating_point():
+        raise TypeError(f"derive_view takes floating-point (normalised) pixel_values, got dtype {pixel_values.dtype}")
+    source_mean, source_std = _check_mean_std(source_mean, source_std, "the processor's")
+    channels = pixel_values.shape[1]
+    if channels != len(source_mean) or channels != len(spec.mean):
+        raise ValueError(
+            f"pixel_values of shape {tuple(pixel_values.shape)} have {channels} channels, but the processor's "
+            f"statistics have {len(source_mean)} and the view's {len(spec.mean)}; give one mean and std per channel "
+            f"(3 for RGB)"
+        )
+    view = resize_maps(pixel_values, spec.size, spec.mode, spec.antialias, spec.align_corners)  # (B, C, h, w)
+    if (source_mean, source_std) == (spec.mean, spec.std):
+        return view
+    scale = [s / t for s, t in zip(source_std, spec.std)]
+    shift = [(m - t) / d for m, t, d in zip(source_mean, spec.mean, spec.std)]
+    scale = torch.tensor(scale, dtype=view.dtype, device=view.device).view(1, channels, 1, 1)
+    shift = torch.tensor(shift, dtype=view.dtype, device=view.device).view(1, channels, 1, 1)
+    return view * scale + shift
