@@ -554,3 +554,23 @@ def test_generate_takes_transformers_call_forms(family, preset, tmp_path):
         else:
             expected = reference.generate(batch["pixel_values"], **options)
         torch.testing.assert_close(pixels_only, expected)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-t5"])
+def test_qformer_and_text_features_equal_transformers(preset, tmp_path):
+    """transformers' Blip2Model feature API on the base model: the Q-Former's outputs before the projector, and the
+    language model's (T5: its encoder's) states over text alone, equal to the reference's on converted weights."""
+    reference, processor = _save_reference("blip2", preset, tmp_path / "source")
+    assert CONVERTERS["blip2"].main(["--source", "hf", "--input", str(tmp_path / "source"), "--output", str(tmp_path / "out")]) == 0
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").eval()
+    batch = _inputs(processor, [make_image(50, 40, seed=6)], PROMPTS[:1])
+    with torch.no_grad():
+        expected = reference.get_image_features(batch["pixel_values"]).qformer_outputs.last_hidden_state
+        for owner in (model, model.model):
+            torch.testing.assert_close(owner.get_qformer_features(batch["pixel_values"]).last_hidden_state, expected)
+        language_model = reference.language_model
+        encoder = language_model.get_encoder() if model.config.is_encoder_decoder else language_model.model
+        text = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        expected = encoder(**text).last_hidden_state
+        torch.testing.assert_close(model.model.get_text_features(**text).last_hidden_state, expected)
+    assert model.model.vision_model is model.model.vision_tower

@@ -159,6 +159,40 @@ class ZooBlip2Model(EncoderDecoderModelMixin, ZooBlip2PreTrainedModel, ZooVLMMod
         embeddings, ``vision_outputs`` / ``qformer_outputs`` the two encoders' outputs (as transformers' BLIP-2)."""
         return self._image_features(pixel_values, interpolate_pos_encoding, {}, kwargs)
 
+    @property
+    def vision_model(self):
+        """transformers' name of the vision tower (``vision_tower`` in vlmzoo)."""
+        return self.vision_tower
+
+    def get_qformer_features(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **qformer_inputs
+    ) -> BaseModelOutputWithPooling:
+        """The Q-Former's outputs over the images (as transformers' ``Blip2Model.get_qformer_features``):
+        ``last_hidden_state`` is (num_images, num_query_tokens, Q-Former width), before the projector."""
+        vision = self.encode_images(pixel_values, interpolate_pos_encoding)
+        outputs, _ = self.run_qformer(vision.last_hidden_state, **qformer_inputs)
+        return outputs
+
+    def get_text_features(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
+        """The language model's states over text alone (as transformers' ``Blip2Model.get_text_features``): the
+        decoder's with a decoder-only LM, the encoder's with an encoder-decoder LM; ``last_hidden_state`` is
+        (batch, sequence, LM width). ``decoder_input_ids``, ``decoder_attention_mask`` and ``labels`` are accepted
+        for native's signature and not read."""
+        encoder = self.get_encoder() if self.config.is_encoder_decoder else self.language_model
+        outputs = encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )  # fmt: skip
+
     def _image_features(self, pixel_values, interpolate_pos_encoding, qformer_inputs: dict, kwargs: dict):
         outputs = self.encode_images(pixel_values, interpolate_pos_encoding, **kwargs)
         outputs.qformer_outputs, query_output = self.run_qformer(outputs.last_hidden_state, **qformer_inputs)
@@ -228,6 +262,12 @@ class QFormerGenerationMixin(EncoderDecoderGenerationMixin):
     def vision_model(self):
         """transformers' name of the vision tower (``vision_tower`` in vlmzoo)."""
         return self.model.vision_tower
+
+    def get_qformer_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        return self.model.get_qformer_features(pixel_values, **kwargs)
+
+    def get_text_features(self, input_ids: torch.LongTensor, **kwargs) -> BaseModelOutputWithPooling:
+        return self.model.get_text_features(input_ids, **kwargs)
 
     def generate(self, *args, **kwargs):
         """``GenerationMixin.generate`` with transformers' Q-Former conventions: pixels may come first, positionally
