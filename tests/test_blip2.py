@@ -573,4 +573,12 @@ def test_qformer_and_text_features_equal_transformers(preset, tmp_path):
         text = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         expected = encoder(**text).last_hidden_state
         torch.testing.assert_close(model.model.get_text_features(**text).last_hidden_state, expected)
+        # the base model's get_image_features is Blip2Model's (the tower's outputs); the generation class's is the
+        # projected queries, as Blip2ForConditionalGeneration's
+        tower = reference.vision_model(batch["pixel_values"])
+        ours = model.model.get_image_features(batch["pixel_values"])
+        torch.testing.assert_close(ours.pooler_output, tower.pooler_output)
+        torch.testing.assert_close(ours.last_hidden_state, tower.last_hidden_state)
+        projected = reference.get_image_features(batch["pixel_values"]).pooler_output
+        torch.testing.assert_close(torch.stack(model.get_image_features(batch["pixel_values"]).pooler_output), projected)
     assert model.model.vision_model is model.model.vision_tower

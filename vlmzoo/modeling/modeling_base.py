@@ -257,6 +257,10 @@ class ZooVLMModel(ZooPreTrainedModel):
     # out-of-vocabulary token id -> what it means and the fix, added to the vocabulary error (``{image_token_id}``
     # is filled in): ids that prompts made by another code base carry
     token_hints: ClassVar[dict[int, str]] = {}
+    # modality -> the method whose output the forward places at that modality's placeholders (and generate() encodes
+    # once before prefill); default `get_<modality>_features`. A family whose `get_image_features` follows a native API
+    # with another output (transformers' Blip2Model returns the tower's) names its placement function here
+    feature_methods: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -264,7 +268,7 @@ class ZooVLMModel(ZooPreTrainedModel):
         # the feature functions check their pixels (and the family inputs that describe them) themselves:
         # generate() calls them directly
         for modality, pixel_name in cls.modality_pixel_inputs.items():
-            method = f"get_{modality}_features"
+            method = cls.feature_method(modality)
             function = cls.__dict__.get(method)
             if function is not None and not getattr(function, "_zoo_checked", False):
                 setattr(cls, method, _checked_feature_function(function, pixel_name))
@@ -316,10 +320,14 @@ class ZooVLMModel(ZooPreTrainedModel):
         token = torch.full((), token_id, dtype=torch.long, device=inputs_embeds.device)
         return (inputs_embeds == self.get_input_embeddings()(token)).all(-1)
 
+    @classmethod
+    def feature_method(cls, modality: str) -> str:
+        """The name of the method whose output is placed at ``modality``'s placeholders."""
+        return cls.feature_methods.get(modality, f"get_{modality}_features")
+
     def _feature_function(self, modality: str):
-        function = getattr(self, f"get_{modality}_features")
-        accepted = _accepted_keywords(type(self), f"get_{modality}_features")
-        return function, accepted
+        method = self.feature_method(modality)
+        return getattr(self, method), _accepted_keywords(type(self), method)
 
     def _place_features(
         self,
@@ -575,7 +583,27 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
         self.lm_head = new_embeddings
 
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> tuple | BaseModelOutputWithPooling:
-        return self.model.get_image_features(pixel_values, **kwargs)
+        """The images' embeddings as the forward places them (``pooler_output``: one entry per image)."""
+        return getattr(self.model, self.model.feature_method("image"))(pixel_values, **kwargs)
+
+    def _prepare_multimodal_encoder_kwargs_for_generation(self, model_kwargs: dict) -> dict:
+        """generate() encodes each modality's pixels once, before prefill, with the function the forward places
+        (``ZooVLMModel.feature_method``), and hands the outputs on as ``mm_encoder_outputs``; the pixels leave the
+        model kwargs, the family inputs stay (a position hook may read them)."""
+        base = self.model
+        encoded = dict(model_kwargs.get("mm_encoder_outputs") or {})
+        for modality, pixel_name in base.modality_pixel_inputs.items():
+            pixels = model_kwargs.pop(pixel_name, None)
+            if pixels is None:
+                continue
+            if encoded.get(modality) is not None:
+                raise ValueError(f"pass either {pixel_name} or pre-computed mm_encoder_outputs['{modality}'], not both")
+            function, accepted = base._feature_function(modality)
+            names = [name for name in base.family_input_names if name in accepted and name in model_kwargs]
+            arguments = {name: model_kwargs[name] for name in names}
+            encoded[modality] = function(pixels, **arguments, return_dict=True)
+        model_kwargs["mm_encoder_outputs"] = encoded
+        return model_kwargs
 
     def _prepare_model_inputs(self, inputs=None, bos_token_id=None, model_kwargs=None):
         """GenerationMixin's prompt, with the attention mask checked against it once per generate() (before positions

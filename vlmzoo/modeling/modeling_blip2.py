@@ -96,6 +96,8 @@ class ZooBlip2Model(EncoderDecoderModelMixin, ZooBlip2PreTrainedModel, ZooVLMMod
     """Vision tower + learned queries + Q-Former + projector + base language model (no LM head)."""
 
     family_input_names = ("interpolate_pos_encoding",)
+    # get_image_features is transformers' Blip2Model's (the tower's outputs); the forward places the projected queries
+    feature_methods = {"image": "get_projected_image_features"}
     vision_tower_class = Blip2VisionModel
     qformer_class = Blip2QFormerModel
 
@@ -149,15 +151,30 @@ class ZooBlip2Model(EncoderDecoderModelMixin, ZooBlip2PreTrainedModel, ZooVLMMod
         return outputs, outputs.last_hidden_state
 
     @can_return_tuple
-    def get_image_features(
+    def get_projected_image_features(
         self,
         pixel_values: torch.Tensor,
         interpolate_pos_encoding: bool | None = False,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | BaseModelOutputWithVisionQformerOutputs:
-        """Tower -> Q-Former -> projector; ``pooler_output`` is the list of each image's (num_query_tokens, LM width)
-        embeddings, ``vision_outputs`` / ``qformer_outputs`` the two encoders' outputs (as transformers' BLIP-2)."""
+        """Tower -> Q-Former -> projector, what the forward places at the image tokens (and what transformers'
+        ``Blip2ForConditionalGeneration.get_image_features`` returns): ``pooler_output`` is the list of each image's
+        (num_query_tokens, LM width) embeddings, ``vision_outputs`` / ``qformer_outputs`` the two encoders' outputs."""
         return self._image_features(pixel_values, interpolate_pos_encoding, {}, kwargs)
+
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool | None = False,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | BaseModelOutputWithPooling:
+        """The vision tower's outputs, as transformers' ``Blip2Model.get_image_features``: ``last_hidden_state``
+        (num_images, patches + 1, width), ``pooler_output`` (num_images, width). The generation class's
+        ``get_image_features`` returns the projected embeddings (``get_projected_image_features``), as transformers'
+        ``Blip2ForConditionalGeneration`` does."""
+        outputs = self.encode_images(pixel_values, interpolate_pos_encoding, **kwargs)
+        return outputs.vision_outputs
 
     @property
     def vision_model(self):

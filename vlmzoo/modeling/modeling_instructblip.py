@@ -98,7 +98,7 @@ class ZooInstructBlipModel(ZooInstructBlipPreTrainedModel, ZooBlip2Model):
         return outputs, outputs.last_hidden_state[:, :num_queries]
 
     @can_return_tuple
-    def get_image_features(
+    def get_projected_image_features(
         self,
         pixel_values: torch.Tensor,
         qformer_input_ids: torch.LongTensor | None = None,
