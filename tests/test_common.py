@@ -22,6 +22,8 @@ from vlmzoo import presets
 from vlmzoo.training import lora_config
 
 from helpers import (
+    TINY_CASES,
+    case_id,
     batch_with_labels,
     build,
     component_prefixes,
@@ -547,3 +549,27 @@ def test_forwards_document_every_argument_with_its_type_and_name_what_they_retur
             output = module(**batch)
         returned = typing.get_args(signature.return_annotation)
         assert type(output) in returned and tuple in returned, (type(output), signature.return_annotation)
+
+
+DECODER_ONLY_CASES = [case for case in TINY_CASES if not presets.get_config(*case).is_encoder_decoder]
+
+
+@pytest.mark.parametrize("case", DECODER_ONLY_CASES, ids=case_id)
+def test_a_text_decode_step_goes_straight_to_the_language_model_with_the_same_logits(case):
+    """After prefill, a step that only continues the text skips the media path (as native generation does) and
+    gives the logits the full path gives; a family with its own positions keeps its position hook on that step."""
+    model, processor = build(case)
+    plain_positions = type(model.model).compute_position_ids is vlmzoo.ZooVLMModel.compute_position_ids
+    batch, _, _ = two_prompt_batch(processor)
+    with torch.no_grad():
+        prefill = model(**batch, use_cache=True)
+        token = prefill.logits[:, -1:].argmax(-1)
+        mask = torch.cat([batch["attention_mask"], torch.ones_like(token)], dim=1)
+        cache = copy.deepcopy(prefill.cache)
+        calls = []
+        hook = model.model.register_forward_pre_hook(lambda *args: calls.append(1))
+        fast = model(input_ids=token, attention_mask=mask, cache=prefill.cache, use_cache=True).logits
+        hook.remove()
+        assert (calls == []) == plain_positions  # the base model's forward (placement, media) ran only if needed
+        full = model.model(input_ids=token, attention_mask=mask, cache=cache, use_cache=True)
+        torch.testing.assert_close(fast, model.lm_head(full.last_hidden_state), rtol=0, atol=0)

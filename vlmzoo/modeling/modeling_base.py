@@ -466,6 +466,27 @@ class ZooVLMModel(ZooPreTrainedModel):
             video_outputs=mm_encoder_outputs.get("video"),
         )
 
+    def text_decode_step(self, model_inputs: dict, kwargs: dict):
+        """A decode step with no media (see ``ZooVLMForConditionalGeneration._is_text_decode_step``): the ids, mask and
+        positions checked as every call's (one cached token: no vocabulary check), then the language model."""
+        input_ids, attention_mask, cache = model_inputs["input_ids"], model_inputs.get("attention_mask"), model_inputs["cache"]
+        position_ids = model_inputs.get("position_ids")
+        if position_ids is None:
+            position_ids = kwargs.pop("position_ids", None)
+        if kwargs:
+            refuse_decoder_inputs(self.config, kwargs)
+        # one token with a cache: the checks read shapes only (no vocabulary, no width)
+        check_text_inputs(input_ids, None, attention_mask, True, 0, 0, None, position_ids)
+        return self.language_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=model_inputs.get("use_cache"),
+            return_dict=True,
+            **kwargs,
+        )
+
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @forward_docstring(
@@ -540,6 +561,9 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
         if base is None:
             return
         _require_visible_inputs(cls, _family_input_names(base))
+        # read on every decode step: decided once per class
+        cls._pixel_input_names = tuple(base.modality_pixel_inputs.values())
+        cls._plain_positions = base.compute_position_ids is ZooVLMModel.compute_position_ids
         # stable component names (docs/design.md §4) as properties that read the base model
         for paths in cls.config_class.component_table.values():
             for path in paths:
@@ -646,7 +670,10 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
             inputs = inputs if inputs is not None else model_inputs.get("inputs_embeds")
             if isinstance(inputs, torch.Tensor) and inputs.dim() >= 2:
                 check_labels(labels, inputs.shape[0], inputs.shape[1])
-        outputs = self.model(**model_inputs, return_dict=True, **kwargs)
+        if labels is None and self._is_text_decode_step(model_inputs):
+            outputs = self.model.text_decode_step(model_inputs, kwargs)
+        else:
+            outputs = self.model(**model_inputs, return_dict=True, **kwargs)
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
@@ -658,9 +685,22 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_outputs=outputs.image_outputs,
-            video_outputs=outputs.video_outputs,
+            image_outputs=getattr(outputs, "image_outputs", None),
+            video_outputs=getattr(outputs, "video_outputs", None),
         )
+
+    def _is_text_decode_step(self, model_inputs: dict) -> bool:
+        """A decode step that only continues the text: one new token id with a cache, no media, no embeddings, and
+        the language model's own positions. It needs no placement, so it goes straight to the language model
+        (``ZooVLMModel.text_decode_step``), as native generation does after prefill."""
+        if model_inputs.get("cache") is None or not self._plain_positions:
+            return False
+        input_ids = model_inputs.get("input_ids")
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] != 1:
+            return False
+        if model_inputs.get("inputs_embeds") is not None or model_inputs.get("mm_encoder_outputs"):
+            return False
+        return all(model_inputs.get(name) is None for name in self._pixel_input_names)
 
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
