@@ -4,7 +4,9 @@ Parametrised over the family table's tiny presets (the ``case`` fixture); nothin
 that only some families take (``image_sizes``, ``vision_feature_layer``) run on the cases whose model or config
 declares them. Each hostile input is one entry of a table: what is passed, the exception type and a fragment of
 its message (which says what to change), or, for inputs that are odd but valid, the exact result they must
-give (``torch.equal`` against the plain form of the same image or batch).
+give (``torch.equal`` against the plain form of the same image or batch). The processing side's hostile inputs
+(conversations, padding and truncation, image options, EXIF orientation, sub-tokenizer folders) are in
+``tests/test_bad_inputs_processing.py``, parametrised the same way.
 """
 
 from __future__ import annotations
@@ -96,7 +98,15 @@ def _hostile_ids(table) -> list[str]:
 # ----- images given to the image processor: refused ---------------------------------------------------------------
 IMAGE_ERRORS: list[tuple[str, Callable[[Path], Any], type, str]] = [
     ("url-unreachable", lambda f: UNREACHABLE_URL, ConnectionError, r"could not fetch the image at http://127\.0\.0\.1:9/x\.png"),
-    ("missing-file", lambda f: str(f / "missing.png"), ValueError, r"missing\.png' is not an existing file"),
+    ("missing-file", lambda f: str(f / "missing.png"), ValueError, r"image file '.*missing\.png' does not exist"),
+    # a missing path made only of base64 characters is still a missing file, not "bad base64 data"
+    ("missing-file-named-like-base64", lambda f: str(f / "img0001"), ValueError, r"image file '.*/img0001' does not exist"),
+    ("missing-relative-path", lambda f: "no/such/dir/photo.jpg", ValueError,
+     r"image file 'no/such/dir/photo\.jpg' does not exist \(looked for /.*no/such/dir/photo\.jpg\)"),
+    ("long-base64-of-no-image", lambda f: base64.b64encode(b"not an image at all " * 8).decode(), ValueError,
+     "base64 image data is not an image"),
+    ("empty-string", lambda f: "", ValueError, "an empty string is not an image"),
+    ("bytes-of-no-image", lambda f: b"GIF89a but not really", ValueError, r"the image data \(bytes\) is not an image in a format PIL can read"),
     ("directory", lambda f: str(f / "folder"), ValueError, "is a directory"),
     ("text-file-named-png", lambda f: f / "notes.png", ValueError, r"notes\.png is not an image in a format PIL can read"),
     ("bad-base64", lambda f: "data:image/png;base64,aGVsbG8=", ValueError, "base64 image data is not an image"),
@@ -153,6 +163,13 @@ IMAGE_EQUALS: list[tuple[str, Callable[[Path], tuple[Any, Any, dict]]]] = [
     ("channels-first", lambda f: (_rgb().transpose(2, 0, 1), _rgb(), {})),
     ("short-array-with-its-layout-named", lambda f: (_rgb()[:3], Image.fromarray(_rgb()[:3]), {"input_data_format": "channels_last"})),
     ("2d-array-three-wide", lambda f: (_rgb()[:, :3, 0], Image.fromarray(_rgb()[:, :3, 0].copy()), {})),
+    # byte order holds no meaning for the values: big-endian arrays read as the same little-endian ones
+    ("uint16-big-endian", lambda f: (_gray16().astype(">u2"), _gray16(), {})),
+    ("uint16-rgb-big-endian", lambda f: (np.stack([_gray16()] * 3, -1).astype(">u2"), np.stack([_gray16()] * 3, -1), {})),
+    ("float32-big-endian", lambda f: ((_rgb() / 255).astype(">f4"), _rgb(), {})),
+    ("int16-big-endian", lambda f: (_rgb().astype(">i2"), _rgb(), {})),
+    ("png-bytes", lambda f: ((f / "photo.png").read_bytes(), Image.open(f / "photo.png"), {})),
+    ("raw-base64-string", lambda f: (base64.b64encode((f / "photo.png").read_bytes()).decode(), Image.open(f / "photo.png"), {})),
 ]
 
 
@@ -516,12 +533,18 @@ COLLATOR_ERRORS: list[tuple[str, Callable[[], list], dict, type, str]] = [
     ("no-examples", lambda: [], {}, ValueError, "cannot collate an empty batch"),
     ("example-without-messages", lambda: [{"text": "hi"}], {}, ValueError, r"examples \[0\] have no"),
     ("example-not-a-dict", lambda: ["USER: hi"], {}, TypeError, r"examples \[0\] are not dicts"),
-    ("messages-not-a-list", lambda: [{"messages": "hi"}], {}, TypeError, "'messages' must be a list of chat turns"),
+    ("messages-not-a-list", lambda: [{"messages": "hi"}], {}, TypeError, "example 0: a conversation must be a list of chat turns"),
     ("turn-without-role", lambda: [{"messages": [{"content": "hi"}]}], {}, TypeError, r"example 0, turn 0: a chat turn"),
     ("content-not-text-or-parts", lambda: [{"messages": [{"role": "user", "content": 5}]}], {}, TypeError,
      "'content' must be a string or a list of parts"),
     ("image-part-without-image", lambda: [_example(make_image(40, 30)), _example(foo=1)], {}, ValueError,
-     r"example 1, turn 0: an image part holds no image"),
+     r"example 1, turn 0, part 0: an image part holds no image"),
+    ("role-typo", lambda: [{"messages": [*_example(make_image(40, 30))["messages"][:1], {"role": "assistent", "content": "red"}]}],
+     {}, ValueError, r"example 0, turn 1: unknown role 'assistent' \(did you mean 'assistant'\?\)"),
+    ("content-a-dict", lambda: [{"messages": [{"role": "user", "content": {"type": "text", "text": "hi"}}]}], {}, TypeError,
+     r"example 0, turn 0: 'content' must be a string or a list of parts, got one dict"),
+    ("part-keyed-content", lambda: [{"messages": [{"role": "user", "content": [{"type": "text", "content": "hi"}]}]}], {},
+     TypeError, r"example 0, turn 0, part 0 is a text part without 'text'"),
     ("no-assistant-reply", lambda: [_example(make_image(40, 30), answer=None)], {}, ValueError, "no assistant reply"),
     ("max-length-cuts-image-tokens", lambda: [_example(make_image(40, 30))], {"max_length": 4}, ValueError,
      "more than max_length=4"),

@@ -3,26 +3,36 @@
 Every image goes through two steps before transformers' ``PilBackend`` sees it:
 
 - :func:`load_image_input` (from ``fetch_images``, before the batch structure is read): file paths, ``pathlib``
-  paths, http(s) URLs (with a timeout; a failed fetch raises ``ConnectionError`` naming the URL) and base64
-  strings are opened as PIL images *in their own mode*, so they take exactly the mode handling an opened image
-  takes (transformers' own loader converts to RGB first: black behind transparency, 16-bit clipped); torch
-  tensors become numpy arrays; a 2-D (H, W) array becomes a one-channel (1, H, W) image.
+  paths, http(s) URLs (with a timeout; a failed fetch raises ``ConnectionError`` naming the URL), base64
+  strings and the bytes of an image file are opened as PIL images *in their own mode*, so they take exactly the
+  mode handling an opened image takes (transformers' own loader converts to RGB first: black behind transparency,
+  16-bit clipped); a string that is none of these is reported as a missing file, naming it; torch tensors become
+  numpy arrays; a 2-D (H, W) array becomes a one-channel (1, H, W) image.
+- One orientation rule for every input form (:func:`upright`): the EXIF orientation tag is applied, as
+  transformers' ``load_image`` does, to opened PIL images as to files, URLs, base64 and bytes, so one photo gives
+  the same pixels however it is passed.
 - :func:`prepare_image` (per image): PIL modes are converted the right way (16-bit grayscale is scaled to 8 bits
   instead of clipped; alpha and palette transparency are composited onto white by transformers), ambiguous
   modes are refused, and empty images or arrays of the wrong shape raise ``ValueError`` naming the problem.
-  Array values are read by dtype: ``uint8`` as is; ``uint16`` scaled to 8 bits like a 16-bit PNG; other
-  integers (and ``bool``) must lie in 0..255 (``True`` is 255); floats in [0, 1] are taken as already scaled and
-  brought to 0..255 before the usual 1/255 rescale (so ``x`` as ``uint8`` and ``x / 255`` as float give equal
-  pixel values), floats with values above 1 as 0..255. With ``do_rescale=False`` float arrays pass unchanged
+  Array values are read by dtype, in any byte order (a big-endian array holds the same values): ``uint8`` as is;
+  ``uint16`` scaled to 8 bits like a 16-bit PNG; other integers (and ``bool``) must lie in 0..255 (``True`` is
+  255); floats in [0, 1] are taken as already scaled and brought to 0..255 before the usual 1/255 rescale (so
+  ``x`` as ``uint8`` and ``x / 255`` as float give equal pixel values), floats with values above 1 as 0..255. With ``do_rescale=False`` float arrays pass unchanged
   (transformers' convention for pre-scaled input). NaN, infinite or out-of-range values are refused. A 3-D
   array whose shape reads both as channels-first and channels-last (e.g. a 3 pixel tall (3, W, 3) array, which
   transformers would silently read as channels-first) is refused unless ``input_data_format`` says which.
+
+The options every image processor shares are checked at construction and on every call
+(:func:`check_view_settings`): ``resample`` takes a ``PIL.Image.Resampling``, its int value or a name (transformers'
+PIL backend resizes with bilinear for any string), ``image_mean`` / ``image_std`` must be one finite number or one
+per RGB channel, ``image_std`` positive (a zero gives infinite pixels).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import io
 import os
 
@@ -87,6 +97,11 @@ def channel_layout(image: np.ndarray) -> ChannelDimension | None:
     return ChannelDimension.FIRST if first else ChannelDimension.LAST
 
 
+# a base64 string at least this long that is not an image is reported as bad base64 data, not as a missing file
+# (the smallest image files, e.g. a 1-pixel PNG, take about 90 base64 characters)
+MIN_BASE64_IMAGE_LENGTH = 64
+
+
 def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -104,9 +119,31 @@ def _open_image_bytes(data: bytes, source: str) -> PIL.Image.Image:
         raise ValueError(f"{source} is not a readable image: {error}") from None
 
 
+def _decode_base64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def _identifies_as_image(data: bytes) -> bool:
+    """Whether PIL recognises ``data`` as an image file (reads the header only)."""
+    try:
+        with PIL.Image.open(io.BytesIO(data)):
+            return True
+    except Exception:  # noqa: BLE001 - any failure means "not an image PIL can open"
+        return False
+
+
 def load_image_source(source: str | os.PathLike, timeout: float = IMAGE_FETCH_TIMEOUT) -> PIL.Image.Image:
     """Open a file path, an http(s) URL or a base64 string (``data:image/...;base64,`` prefix optional) as a PIL
-    image in its own mode; :func:`prepare_image` then converts the mode as for any opened image."""
+    image in its own mode, EXIF orientation applied; :func:`prepare_image` then converts the mode as for any opened
+    image.
+
+    A string that is neither an existing file, a URL, a ``data:image/`` URI nor base64 data of an image is reported
+    as a missing file (naming the path), whatever characters it holds; long base64 data that is not an image is
+    reported as such.
+    """
     source = os.fspath(source)
     if source.startswith(("http://", "https://")):
         try:
@@ -123,17 +160,23 @@ def load_image_source(source: str | os.PathLike, timeout: float = IMAGE_FETCH_TI
             return _open_image_bytes(file.read(), f"the file {source}")
     if os.path.isdir(source):
         raise ValueError(f"image path {source} is a directory; pass one image file per image")
-    encoded = source.split(",", 1)[1] if source.startswith("data:image/") else source
-    try:
-        data = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        data = b""
-    if not data:
+    if not source.strip():
         raise ValueError(
-            f"image {_short(source)!r} is not an existing file, an http(s) URL or base64 image data; pass a path that "
-            f"exists, a URL, or the opened image"
+            "an empty string is not an image; pass a file path, an http(s) URL, base64 image data or the opened image"
         )
-    return _open_image_bytes(data, "the base64 image data")
+    if source.startswith("data:image/"):
+        data = _decode_base64(source.split(",", 1)[1] if "," in source else "")
+        if not data:
+            raise ValueError(f"the data URI {_short(source)!r} holds no valid base64 data after its comma")
+        return _open_image_bytes(data, "the base64 image data")
+    data = _decode_base64(source)
+    if data and (_identifies_as_image(data) or len(source) >= MIN_BASE64_IMAGE_LENGTH):
+        return _open_image_bytes(data, "the base64 image data")
+    looked = "" if os.path.isabs(source) else f" (looked for {_short(os.path.abspath(source))})"
+    raise ValueError(
+        f"image file {_short(source)!r} does not exist{looked}; pass the path of an existing file, an http(s) URL, "
+        f"base64 image data or the opened image"
+    )
 
 
 def load_image_input(image, timeout: float = IMAGE_FETCH_TIMEOUT):
@@ -145,6 +188,8 @@ def load_image_input(image, timeout: float = IMAGE_FETCH_TIMEOUT):
     """
     if isinstance(image, (str, os.PathLike)):
         return load_image_source(image, timeout=timeout)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return _open_image_bytes(bytes(image), "the image data (bytes)")
     if isinstance(image, torch.Tensor):
         tensor = image.detach().cpu()
         if tensor.dtype in (torch.bfloat16, torch.float16):
@@ -156,13 +201,17 @@ def load_image_input(image, timeout: float = IMAGE_FETCH_TIMEOUT):
     if isinstance(image, PIL.Image.Image):
         return image
     raise TypeError(
-        f"images must be PIL images, numpy arrays, torch tensors, file paths or http(s) URLs; got "
+        f"images must be PIL images, numpy arrays, torch tensors, file paths, http(s) URLs, base64 strings or the "
+        f"bytes of an image file; got "
         f"{type(image).__name__}"
     )
 
 
 def _array_to_eight_bit(image: np.ndarray, do_rescale: bool) -> np.ndarray:
     """Bring array values to the 0..255 range transformers' PIL backend expects, deciding by dtype."""
+    if image.dtype.byteorder not in ("=", "|"):
+        # a non-native byte order (e.g. big-endian '>u2' read from a file) holds the same values: read them natively
+        image = image.astype(image.dtype.newbyteorder("="))
     dtype = image.dtype
     if dtype == np.uint8:
         return image
@@ -194,6 +243,20 @@ def _array_to_eight_bit(image: np.ndarray, do_rescale: bool) -> np.ndarray:
     raise TypeError(f"unsupported image array dtype {dtype}; use uint8, uint16 or float values")
 
 
+# the EXIF tag that says how the stored pixels are turned (1: upright)
+EXIF_ORIENTATION = 0x0112
+
+
+def upright(image: PIL.Image.Image) -> PIL.Image.Image:
+    """``image`` turned as its EXIF orientation tag says (``PIL.ImageOps.exif_transpose``, as transformers'
+    ``load_image`` does), or ``image`` itself when it has no tag or is upright. Applied to every input form (files,
+    URLs, base64, bytes and opened PIL images), so one photo gives the same pixels however it is passed; an image
+    turned already (by ``exif_transpose``) has no tag left and is not turned twice."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) == 1:
+        return image
+    return PIL.ImageOps.exif_transpose(image)
+
+
 def prepare_image(image, do_rescale: bool = True):
     """Validate one image (PIL, numpy or torch) and convert PIL modes and array dtypes transformers would mishandle.
 
@@ -204,6 +267,7 @@ def prepare_image(image, do_rescale: bool = True):
     if isinstance(image, PIL.Image.Image):
         if image.width == 0 or image.height == 0:
             raise ValueError(f"empty image: {image.width}x{image.height} pixels")
+        image = upright(image)
         if image.mode not in _PIL_MODE_CONVERTERS:
             raise ValueError(
                 f"unsupported image mode '{image.mode}' (its value range is ambiguous); convert the image to one of "
@@ -214,6 +278,83 @@ def prepare_image(image, do_rescale: bool = True):
         _check_array(image)
         return _array_to_eight_bit(image, do_rescale)
     raise TypeError(f"images must be PIL images, numpy arrays or torch tensors, got {type(image).__name__}")
+
+
+# resample names an image processor accepts (besides PIL.Image.Resampling members and their int values)
+RESAMPLE_NAMES: dict[str, PILImageResampling] = {
+    "nearest": PILImageResampling.NEAREST,
+    "bilinear": PILImageResampling.BILINEAR,
+    "bicubic": PILImageResampling.BICUBIC,
+    "lanczos": PILImageResampling.LANCZOS,
+    "box": PILImageResampling.BOX,
+    "hamming": PILImageResampling.HAMMING,
+}
+# channels of the images every vlmzoo image processor makes (RGB): image_mean / image_std hold one value per channel
+NORMALISED_CHANNELS = 3
+
+
+def resolve_resample(resample):
+    """``resample`` as a ``PIL.Image.Resampling`` member: a member, its int value or its name (``"bicubic"``,
+    case-insensitive; see ``RESAMPLE_NAMES``). transformers' PIL backend would resize with bilinear for any string.
+    ``None`` stays ``None`` (the backend's default)."""
+    if resample is None or isinstance(resample, PILImageResampling):
+        return resample
+    valid = ", ".join(RESAMPLE_NAMES)
+    if isinstance(resample, str):
+        key = resample.strip().lower()
+        if key not in RESAMPLE_NAMES:
+            close = difflib.get_close_matches(key, list(RESAMPLE_NAMES), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown resample {resample!r}{hint}; valid names: {valid}, or a PIL.Image.Resampling")
+        return RESAMPLE_NAMES[key]
+    if isinstance(resample, (int, np.integer)) and not isinstance(resample, (bool, np.bool_)):
+        try:
+            return PILImageResampling(int(resample))
+        except ValueError:
+            numbers = ", ".join(f"{member.value} ({member.name.lower()})" for member in PILImageResampling)
+            raise ValueError(
+                f"resample={resample} is no PIL resampling filter; use one of {numbers}, or a name: {valid}"
+            ) from None
+    raise TypeError(
+        f"resample must be a PIL.Image.Resampling, its int value or a name ({valid}); got {_short(repr(resample))}"
+    )
+
+
+def check_normalisation(name: str, values, positive: bool) -> None:
+    """``TypeError`` / ``ValueError`` unless ``values`` (``image_mean`` / ``image_std``) is one finite number or one
+    per RGB channel; ``positive``: every value must also be above 0 (the pixels are divided by ``image_std``)."""
+    if values is None:
+        return
+    numbers = list(values) if isinstance(values, (list, tuple, np.ndarray)) else [values]
+    if isinstance(values, (list, tuple, np.ndarray)) and len(numbers) != NORMALISED_CHANNELS:
+        raise ValueError(
+            f"{name} must be one number or {NORMALISED_CHANNELS} (one per RGB channel), got {len(numbers)}: "
+            f"{_short(repr(list(values)))}"
+        )
+    for channel, value in enumerate(numbers):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name} must hold numbers, got {_short(repr(value))} (channel {channel})")
+        if not np.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value} for channel {channel}; use the model's own {name}")
+        if positive and value <= 0:
+            raise ValueError(
+                f"{name} must be positive (the pixels are divided by it), got {value} for channel {channel}; use the "
+                f"model's own {name} (e.g. CLIP's {list(OPENAI_CLIP_STD)})"
+            )
+
+
+# the image options check_view_settings reads
+VIEW_SETTINGS = ("resample", "image_mean", "image_std")
+
+
+def check_view_settings(settings: dict) -> dict:
+    """``settings`` (an image processor's options) with ``resample`` resolved and ``image_mean`` / ``image_std``
+    checked; run at construction and on every call."""
+    if "resample" in settings:
+        settings["resample"] = resolve_resample(settings["resample"])
+    check_normalisation("image_mean", settings.get("image_mean"), positive=False)
+    check_normalisation("image_std", settings.get("image_std"), positive=True)
+    return settings
 
 
 class ZooClipViewDefaults:
@@ -239,6 +380,18 @@ class ZooImageInputMixin:
     (resize, centre crop, rescale, normalise)."""
 
     image_fetch_timeout: float = IMAGE_FETCH_TIMEOUT
+
+    def _standardize_kwargs(self, **kwargs) -> dict:
+        # transformers runs this at construction and on every call: resample names and bad mean / std are caught
+        # in both places (check_view_settings)
+        return check_view_settings(super()._standardize_kwargs(**kwargs))
+
+    def preprocess(self, images, *args, **kwargs):
+        # the per-call options are checked before transformers' own type validation (which names no fix)
+        check_view_settings({key: kwargs[key] for key in VIEW_SETTINGS if key in kwargs})
+        if kwargs.get("resample") is not None:
+            kwargs["resample"] = resolve_resample(kwargs["resample"])
+        return super().preprocess(images, *args, **kwargs)
 
     def fetch_images(self, images):
         """``images`` with the same nesting, each leaf opened / converted by :func:`load_image_input`."""

@@ -12,7 +12,7 @@ from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ImagesKwargs
 
-from .image_processing_common import ZooClipViewDefaults, ZooImageInputMixin
+from .image_processing_common import NORMALISED_CHANNELS, ZooClipViewDefaults, ZooImageInputMixin
 from .image_transforms import pad_to_square as pad_image_to_square
 
 
@@ -35,8 +35,14 @@ class ZooFixedResImageProcessor(ZooImageInputMixin, ZooClipViewDefaults, PilBack
         self, images: list[np.ndarray], return_tensors=None, pad_to_square: bool = False, **kwargs
     ) -> BatchFeature:
         processed = []
+        if pad_to_square:
+            if kwargs["image_mean"] is None:
+                raise ValueError("pad_to_square fills with the mean colour: set image_mean (e.g. CLIP's)")
+            # the mean colour, one value per channel (a single image_mean number is every channel's)
+            means = np.broadcast_to(np.asarray(kwargs["image_mean"], dtype=np.float64), (NORMALISED_CHANNELS,))
+            background = [int(mean * 255) for mean in means]
         for image in images:  # each (C, H, W)
             if pad_to_square:
-                image = pad_image_to_square(image, [int(mean * 255) for mean in kwargs["image_mean"]])
+                image = pad_image_to_square(image, background)
             processed.append(self.finish_view(image, **kwargs))
         return BatchFeature(data={"pixel_values": processed}, tensor_type=return_tensors)

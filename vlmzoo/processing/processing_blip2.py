@@ -8,7 +8,9 @@ processor tokenizes each prompt a second time with the Q-Former's tokenizer (``q
 so left padding gives ``[pad…, <image>…, <s>, prompt]`` (transformers puts the pads between the placeholders and
 the prompt), and the Q-Former's tokenizer pads on its own side (transformers hands it the LM tokenizer's
 ``padding_side``, shifting the absolute positions of left-padded rows); unpadded and right-padded outputs are
-identical to transformers'.
+identical to transformers'. ``padding``, ``truncation`` and ``max_length`` follow the tokenizer's own rules (e.g.
+``padding="max_length"`` with a shorter ``max_length`` keeps the whole prompt unless ``truncation=True``);
+truncation cuts the prompt's own tokens, and a ``max_length`` that leaves no room after the placeholders is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, ClassVar
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import make_flat_list_of_images
 from transformers.processing_utils import MultiModalData, ProcessorMixin
+from transformers.tokenization_utils_base import PaddingStrategy, TruncationStrategy
 
 from .chat_templates import vicuna_chat_template
 from .image_processing_resize import ZooResizeImageProcessor
@@ -28,18 +31,13 @@ DEFAULT_IMAGE_TOKEN = "<image>"
 QFORMER_CHAT_TEMPLATE = vicuna_chat_template(system_prompt=None, user_end="\n", assistant_end="\n", image_placeholder="")
 
 
-def _padded_length(padding, lengths: list[int], max_length: int | None, multiple: int | None) -> int:
-    """The length every row is padded to (0: no padding), as the tokenizers' ``padding`` option means it."""
-    if padding in (False, None, "do_not_pad"):
+def _padded_length(padding_strategy: PaddingStrategy, lengths: list[int], max_length: int | None,
+                   multiple: int | None) -> int:
+    """The length every row is padded to (0: no padding), as the tokenizer's padding strategy means it (rows already
+    longer stay as they are: padding never cuts)."""
+    if padding_strategy == PaddingStrategy.DO_NOT_PAD:
         return 0
-    if padding == "max_length":
-        if max_length is None:
-            raise ValueError("padding='max_length' needs max_length")
-        target = max_length
-    elif padding in (True, "longest"):
-        target = max(lengths)
-    else:
-        raise ValueError(f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
+    target = max_length if padding_strategy == PaddingStrategy.MAX_LENGTH else max(lengths)
     if multiple:
         target = -(-target // multiple) * multiple
     return target
@@ -108,18 +106,35 @@ class ZooBlip2Processor(ZooProcessorMixin):
         return {}
 
     def _text_encoding(self, texts: list[str], text_kwargs: dict, with_images: bool) -> dict:
-        """Tokenize, prepend ``num_query_tokens`` placeholders (no BOS before them), then pad."""
+        """Tokenize, prepend ``num_query_tokens`` placeholders (no BOS before them), then pad.
+
+        ``padding``, ``truncation`` and ``max_length`` mean what they mean to the tokenizer (its own rules decide
+        whether to truncate: e.g. ``padding="max_length"`` with a shorter ``max_length`` and no ``truncation``
+        keeps the whole prompt, a ``max_length`` without padding truncates); truncation cuts the prompt's own
+        tokens, never the placeholders, and a ``max_length`` that leaves no room after them is refused.
+        """
         if not with_images:
             return dict(self.tokenizer(texts, **text_kwargs))
         padding = text_kwargs.pop("padding", False)
+        truncation = text_kwargs.pop("truncation", None)
         pad_to_multiple_of = text_kwargs.pop("pad_to_multiple_of", None)
         max_length = text_kwargs.pop("max_length", None)
         padding_side = text_kwargs.pop("padding_side", None) or self.tokenizer.padding_side
-        if max_length is not None:
+        padding_strategy, truncation_strategy, max_length, _ = self.tokenizer._get_padding_truncation_strategies(
+            padding=padding, truncation=truncation, max_length=max_length, pad_to_multiple_of=pad_to_multiple_of,
+            verbose=False,
+        )  # fmt: skip
+        if truncation_strategy != TruncationStrategy.DO_NOT_TRUNCATE:
             if max_length <= self.num_query_tokens:
-                raise ValueError(f"max_length {max_length} leaves no room after {self.num_query_tokens} image tokens")
-            text_kwargs["max_length"] = max_length - self.num_query_tokens
-        encoded = self.tokenizer(texts, padding=False, **text_kwargs)
+                raise ValueError(
+                    f"truncation to max_length={max_length} would cut the {self.num_query_tokens} image tokens each "
+                    f"prompt starts with; raise max_length above {self.num_query_tokens} (the image tokens plus the "
+                    f"prompt's own tokens) or pass truncation=False"
+                )
+            encoded = self.tokenizer(texts, padding=False, truncation=truncation_strategy,
+                                     max_length=max_length - self.num_query_tokens, **text_kwargs)  # fmt: skip
+        else:
+            encoded = self.tokenizer(texts, padding=False, truncation=False, **text_kwargs)
         # what each key holds at a placeholder / at padding: offsets of placeholders are empty (0, 0), so
         # chat-template assistant masks never cover them
         fills = {"input_ids": (self.image_token_id, self.tokenizer.pad_token_id), "attention_mask": (1, 0),
@@ -127,11 +142,11 @@ class ZooBlip2Processor(ZooProcessorMixin):
         features = {key: [[fills.get(key, (0, 0))[0]] * self.num_query_tokens + list(row) for row in rows]
                     for key, rows in encoded.items()}  # fmt: skip
         lengths = [len(row) for row in features["input_ids"]]
-        target = _padded_length(padding, lengths, max_length, pad_to_multiple_of)
+        target = _padded_length(padding_strategy, lengths, max_length, pad_to_multiple_of)
         for key, rows in features.items():
             fill = fills.get(key, (0, 0))[1]
             for index, row in enumerate(rows):
-                extra = [fill] * (target - len(row)) if target else []
+                extra = [fill] * (target - len(row)) if target > len(row) else []
                 rows[index] = extra + row if padding_side == "left" else row + extra
         return features
 

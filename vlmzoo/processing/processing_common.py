@@ -18,14 +18,30 @@ images as its own text asks for. transformers only compares the totals, so ``ima
 holding 2 and 0 placeholders would silently move sample 1's image into sample 0. ``ZooProcessorMixin`` runs it
 for processors whose texts carry one placeholder per image; a processor that places the image tokens itself
 (its own ``__call__``) calls it with its own rule (e.g. one image per prompt).
+
+Every processor also inherits, from :class:`ZooProcessorMixin`: the conversation check of ``apply_chat_template``
+(``chat_templates.check_conversation``, before rendering; each image part must hold one image when the images are
+read from the messages); a clear error when truncation cuts image tokens; the image options checked per call before
+transformers' own validation; ``from_pretrained`` refusing a checkpoint that lacks one of the ``extra_tokenizers``
+folders (transformers would load the main tokenizer in its place); and ``save_pretrained`` without the truncation
+the last call left on a fast tokenizer's backend (it would become the reloaded tokenizer's default ``max_length``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from transformers.processing_utils import ProcessorMixin
+
+from .chat_templates import check_conversation, check_conversation_list
+from .image_processing_common import VIEW_SETTINGS, check_view_settings
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_nested(images) -> bool:
@@ -79,6 +95,54 @@ class ZooProcessorMixin(ProcessorMixin):
         ``extra_tokenizers``. Every family defines it; presets, converters and docs build processors with it."""
         raise NotImplementedError(f"{cls.__name__} does not define from_model_config(config, tokenizer, ...)")
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' ``save_pretrained``, without the truncation and padding the last call left on each fast
+        tokenizer's backend: ``tokenizer.json`` would keep them and the reloaded tokenizer would take that call's
+        ``max_length`` as its default, so the reloaded processor would truncate every prompt (cutting image
+        tokens). The backends get their state back after saving."""
+        backends = [getattr(self, name)._tokenizer for name in ("tokenizer", *self.extra_tokenizers)
+                    if hasattr(getattr(self, name, None), "_tokenizer")]  # fmt: skip
+        states = [(backend.truncation, backend.padding) for backend in backends]
+        for backend in backends:
+            backend.no_truncation()
+            backend.no_padding()
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            for backend, (truncation, padding) in zip(backends, states):
+                if truncation is not None:
+                    backend.enable_truncation(**truncation)
+                if padding is not None:
+                    backend.enable_padding(**padding)
+
+    @classmethod
+    def _load_tokenizer_from_pretrained(cls, sub_processor_type, pretrained_model_name_or_path, subfolder="", **kwargs):
+        """transformers' loading of a sub-tokenizer, except that a missing ``<name>/`` folder of one of
+        ``extra_tokenizers`` is an error naming it: transformers 5.24 would load the main tokenizer in its place
+        (a deprecated fallback that logs a warning only), which silently gives e.g. the Q-Former the LM's vocabulary."""
+        if sub_processor_type == "tokenizer" or sub_processor_type not in cls.extra_tokenizers:
+            return super()._load_tokenizer_from_pretrained(
+                sub_processor_type, pretrained_model_name_or_path, subfolder=subfolder, **kwargs
+            )
+        folder = os.path.join(subfolder, sub_processor_type) if subfolder else sub_processor_type
+        fix = (f"save the processor with save_pretrained (it writes that folder), or copy the {sub_processor_type}'s "
+               f"files into '{folder}/'; the main tokenizer is not a stand-in for it")  # fmt: skip
+        local = os.path.isdir(pretrained_model_name_or_path)
+        if local and not os.path.isdir(os.path.join(pretrained_model_name_or_path, folder)):
+            raise ValueError(
+                f"{pretrained_model_name_or_path} has no '{folder}/' folder, where {cls.__name__} keeps its "
+                f"{sub_processor_type}: {fix}"
+            )
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(pretrained_model_name_or_path, subfolder=folder, **kwargs)
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"{cls.__name__} could not load its {sub_processor_type} from the '{folder}/' folder of "
+                f"{pretrained_model_name_or_path} ({_first_line(error)}): {fix}"
+            ) from None
+
     def prompt_only_inputs(self, prompts: Sequence[str]) -> dict[str, Any]:
         """Model inputs computed from the prompts alone, for a training batch made from whole conversations.
 
@@ -87,6 +151,58 @@ class ZooProcessorMixin(ProcessorMixin):
         batch, replacing the same keys of the whole-conversation encoding. Default: nothing (``{}``).
         """
         return {}
+
+    def _normalize_conversations(self, conversation) -> tuple[list, bool]:
+        """transformers' normalisation (message objects to dicts, ``None`` values dropped, OpenAI ``image_url`` parts
+        to image parts), then :func:`~vlmzoo.processing.chat_templates.check_conversation` on every conversation:
+        a malformed conversation is refused, naming the conversation, turn and part, before anything is rendered."""
+        batched = isinstance(conversation, (list, tuple)) and bool(conversation) and all(
+            isinstance(messages, (list, tuple)) or hasattr(messages, "messages") for messages in conversation
+        )
+        raw = [getattr(messages, "messages", messages) for messages in conversation] if batched else [conversation]
+        if batched and not all(isinstance(messages, (list, tuple)) for messages in raw):
+            raise TypeError("a batch of conversations must hold one list of chat turns per conversation")
+        for index, messages in enumerate(raw):
+            check_conversation_list(messages, f"conversation {index}" if batched else "")
+        conversations, is_batched = super()._normalize_conversations(conversation)
+        for index, messages in enumerate(conversations):
+            check_conversation(messages, f"conversation {index}" if is_batched else "")
+        return conversations, is_batched
+
+    def _multimodal_inputs_from_conversations(self, conversations, *args, **kwargs):
+        """transformers' reading of the images in the messages (``tokenize=True``), after checking that each image
+        part holds exactly one image (a part without one would leave its placeholder without an image)."""
+        for index, messages in enumerate(conversations):
+            check_conversation(messages, f"conversation {index}" if len(conversations) > 1 else "", need_images=True)
+        return super()._multimodal_inputs_from_conversations(conversations, *args, **kwargs)
+
+    def _merge_kwargs(self, *args, **kwargs) -> dict[str, dict]:
+        # per-call image options (resample, image_mean, image_std) are checked before transformers' own type
+        # validation of the processor's options, which names no fix (the image processor checks them again)
+        for options in (kwargs, kwargs.get("images_kwargs") or {}):
+            check_view_settings({key: options[key] for key in VIEW_SETTINGS if key in options})
+        return super()._merge_kwargs(*args, **kwargs)
+
+    def _check_special_mm_tokens(self, text, text_inputs, modalities):
+        """transformers' check that tokenizing kept every placeholder, with a message that names the sample, what
+        truncation kept and the fix (a ``max_length`` without padding truncates too, as the tokenizer does)."""
+        try:
+            super()._check_special_mm_tokens(text, text_inputs, modalities)
+        except ValueError as error:
+            image_token, image_token_id = getattr(self, "image_token", None), getattr(self, "image_token_id", None)
+            rows = text_inputs["input_ids"]
+            kept = [list(row.tolist() if hasattr(row, "tolist") else row).count(image_token_id) for row in rows]
+            needed = [sample.count(image_token) for sample in text] if image_token else kept
+            cut = [index for index, (have, need) in enumerate(zip(kept, needed)) if have != need]
+            if not cut:
+                raise
+            first = cut[0]
+            raise ValueError(
+                f"truncation cut image tokens: sample {first} keeps {kept[first]} of its {needed[first]} "
+                f"{image_token} tokens (samples cut: {cut}). Every image needs all its tokens: raise max_length "
+                f"above each sample's length with its image tokens, or pass truncation=False (a max_length without "
+                f"padding also truncates, as the tokenizer does)"
+            ) from error
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
         image_token = getattr(self, "image_token", None)

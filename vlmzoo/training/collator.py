@@ -21,36 +21,16 @@ from typing import Any
 
 import torch
 
+from ..processing.chat_templates import check_conversation
 from ..processing.processing_common import ZooProcessorMixin
 
 IGNORE_INDEX = -100
 
 
-# where an image part of a message keeps its image (as transformers' apply_chat_template reads it)
-IMAGE_PART_KEYS = ("image", "url", "path", "base64")
-
-
 def _check_messages(index: int, messages) -> None:
-    """``TypeError`` / ``ValueError`` naming the example and turn when a conversation is malformed."""
-    if not isinstance(messages, (list, tuple)):
-        raise TypeError(f"example {index}: 'messages' must be a list of chat turns, got {type(messages).__name__}")
-    for turn, message in enumerate(messages):
-        if not isinstance(message, dict) or "role" not in message:
-            raise TypeError(f"example {index}, turn {turn}: a chat turn is a dict with 'role' and 'content', got {message!r:.80}")
-        content = message.get("content")
-        if isinstance(content, str):
-            continue
-        if not isinstance(content, (list, tuple)) or not all(isinstance(part, dict) for part in content):
-            raise TypeError(
-                f"example {index}, turn {turn}: 'content' must be a string or a list of parts "
-                f"({{'type': 'text', 'text': ...}} / {{'type': 'image', 'image': ...}}), got {content!r:.80}"
-            )
-        for part in content:
-            if part.get("type") == "image" and not any(part.get(key) is not None for key in IMAGE_PART_KEYS):
-                raise ValueError(
-                    f"example {index}, turn {turn}: an image part holds no image; give it one of "
-                    f"{', '.join(repr(key) for key in IMAGE_PART_KEYS)}"
-                )
+    """``TypeError`` / ``ValueError`` naming the example, turn and part when a conversation is malformed (the
+    processors' own check, ``vlmzoo.processing.chat_templates.check_conversation``; images must be in the messages)."""
+    check_conversation(messages, f"example {index}", need_images=True)
 
 
 @dataclass
