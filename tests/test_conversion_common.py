@@ -5,7 +5,10 @@ grouped-query attention), separate ``q`` / ``k`` / ``v`` projections that must b
 weight (their parts spread over two shards), a plain rename, a dead tensor and a recomputed buffer. The tests
 check the plan's accounting, the shape checks done before writing, the streamed output (values, sharding by
 ``huggingface_hub``, index), the source registry and ``--encoder NAME=DIR``, and the staging directory: a
-failing run leaves ``--output`` exactly as it was, with no temporary files beside it.
+failing run leaves ``--output`` exactly as it was, with no temporary files beside it. Hostile paths (an empty
+``--output``, the current directory, a mount point, a dangling link) and damaged inputs (truncated safetensors
+headers and data, a shard cut short while it is being read, a dtype the converter does not read) are one line
+naming the argument or the file. Kills and full disks are in ``test_conversion_swap.py``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -38,7 +42,7 @@ from vlmzoo.conversion_scripts.common import (
     plan_conversion,
 )
 from vlmzoo.conversion_scripts.key_tables import OutputTensor
-from vlmzoo.conversion_scripts.writing import ShardedSafetensorsWriter, StagingDirectory, parse_shard_size
+from vlmzoo.conversion_scripts.writing import ShardedSafetensorsWriter, parse_shard_size
 
 from _reference_llava import snapshot
 
@@ -285,6 +289,8 @@ def test_argument_errors_are_one_line_and_exit_2(toy_input, tmp_path, capsys):
     base = ["--input", toy_input, "--output", tmp_path / "out"]
     assert_user_error(capsys, tmp_path, ["--source", "nope", *base], "argument --source: invalid choice: 'nope'")
     assert_user_error(capsys, tmp_path, ["--source", "flat", *base, "--frobnicate"], "unrecognized arguments: --frobnicate")
+    assert_user_error(capsys, tmp_path, ["--source", "flat", *base, "--overwirte"],  # a typo: the closest flag is named
+                      "unrecognized arguments: --overwirte (--overwirte: did you mean --overwrite?)")
     assert_user_error(capsys, tmp_path, ["--source", "flat", *base, "--allow-unused", "("], "--allow-unused '('")
     with pytest.raises(SystemExit, match="0"):
         TOY.main(["--help"])
@@ -344,30 +350,6 @@ def test_overwrite_replaces_files_and_stale_shards_keeps_the_rest(toy_input, tmp
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_failed_move_puts_everything_back(tmp_path, monkeypatch):
-    output = tmp_path / "out"
-    output.mkdir()
-    (output / "config.json").write_text("old config")
-    (output / "model-00001-of-00002.safetensors").write_text("old shard")
-    before = snapshot(tmp_path, directory_mtimes=False)  # moving files out and back touches the directory
-    staging = StagingDirectory(output, overwrite=True)
-    (staging.path / "config.json").write_text("new config")
-    (staging.path / "model.safetensors").write_text("new weights")
-    real_rename = os.rename
-
-    def failing_rename(source, target):
-        if Path(source).name == "model.safetensors":
-            raise OSError(28, "No space left on device")
-        return real_rename(source, target)
-
-    monkeypatch.setattr(writing.os, "rename", failing_rename)
-    with pytest.raises(ConversionError, match=r"cannot write into --output '.*out': no space left on device"):
-        with staging:
-            staging.commit()
-    monkeypatch.undo()
-    assert snapshot(tmp_path, directory_mtimes=False) == before  # files back in place, no staging or backup left
-
-
 def test_a_bug_keeps_its_traceback_and_leaves_nothing(toy_input, tmp_path, monkeypatch):
     def broken_add(self, name, tensor):
         raise TypeError("a bug in the writer")
@@ -388,3 +370,87 @@ def test_a_bug_keeps_its_traceback_and_leaves_nothing(toy_input, tmp_path, monke
     with pytest.raises(RuntimeError, match="a bug while preparing"):
         TOY.main(["--source", "plain", "--input", str(toy_input), "--output", str(output)])
     assert snapshot(tmp_path / "outs") == before
+
+
+# ----- hostile paths and damaged inputs -------------------------------------------------------------------
+def test_empty_paths_are_refused_instead_of_meaning_the_current_directory(toy_input, tmp_path, capsys, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    base = ["--source", "flat", "--allow-unused", "o_proj"]
+    for empty in ("", "  "):
+        assert_user_error(capsys, tmp_path, [*base, "--input", toy_input, "--output", empty],
+                          "--output is empty (it would mean the current directory)")  # fmt: skip
+    shutil.copytree(toy_input, here, dirs_exist_ok=True)  # an --input '' would find a checkpoint here
+    assert_user_error(capsys, tmp_path, [*base, "--input", "", "--output", tmp_path / "out"], "--input is empty")
+    assert_user_error(capsys, tmp_path, [*base, "--input", toy_input, "--output", tmp_path / "out", "--encoder",
+                                         "aux= "], "--encoder 'aux= ' names no directory; pass --encoder aux=DIR")
+
+
+def test_the_current_directory_a_mount_point_and_a_dangling_link_are_refused(toy_input, tmp_path, capsys, monkeypatch):
+    base = ["--source", "flat", "--input", toy_input, "--allow-unused", "o_proj", "--overwrite"]
+    output = tmp_path / "outs" / "out"
+    output.mkdir(parents=True)
+    (output / "notes.txt").write_text("mine")
+    monkeypatch.chdir(output)  # replacing --output as a whole would leave the shell in a removed directory
+    assert_user_error(capsys, tmp_path / "outs", [*base, "--output", "."], "--output '.' is the current directory",
+                      f"run it from outside (e.g. from '{tmp_path / 'outs'}' with --output out)")
+    monkeypatch.chdir(tmp_path)
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == output or real_ismount(path))
+    assert_user_error(capsys, tmp_path / "outs", [*base, "--output", output], f"--output '{output}' is a mount point")
+    link = tmp_path / "links" / "link"  # kept out of the snapshot, which cannot stat a dangling link
+    link.parent.mkdir()
+    link.symlink_to(tmp_path / "nowhere")
+    assert_user_error(capsys, tmp_path / "outs", [*base, "--output", link],
+                      f"--output '{link}' is a link to '{tmp_path / 'nowhere'}', which does not exist")
+
+
+def _cut_header(path: Path) -> None:
+    data = path.read_bytes()
+    header_length = int.from_bytes(data[:8], "little")
+    path.write_bytes(data[: 8 + header_length // 2])
+
+
+DAMAGED_SAFETENSORS = {
+    "header cut short": (_cut_header, "invalid header length"),
+    "data cut short": (lambda path: path.write_bytes(path.read_bytes()[:-1]), "incomplete metadata, file not fully covered"),
+    "empty": (lambda path: path.write_bytes(b""), "header too small"),
+    "length field only": (lambda path: path.write_bytes(path.read_bytes()[:5]), "header too small"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_SAFETENSORS))
+def test_a_damaged_safetensors_shard_is_named(case, toy_input, tmp_path, capsys):
+    damage, cause = DAMAGED_SAFETENSORS[case]
+    shard = toy_input / "model-00002-of-00002.safetensors"
+    damage(shard)
+    argv = ["--source", "flat", "--input", toy_input, "--output", tmp_path / "outs" / "out", "--allow-unused", "o_proj"]
+    (tmp_path / "outs").mkdir()
+    assert_user_error(capsys, tmp_path / "outs", argv, f"'{shard}' is truncated or corrupt: ", cause)
+
+
+def test_a_shard_cut_short_while_it_is_read_is_named(toy_input, tmp_path, capsys, monkeypatch):
+    shard = toy_input / "model-00002-of-00002.safetensors"
+    real_iter = CheckpointReader.iter_tensors
+
+    def cut_after_the_scan(self):  # the headers were read and checked; then the file is cut (a copy still running)
+        shard.write_bytes(shard.read_bytes()[:-8])
+        yield from real_iter(self)
+
+    monkeypatch.setattr(CheckpointReader, "iter_tensors", cut_after_the_scan)
+    (tmp_path / "outs").mkdir()
+    argv = ["--source", "flat", "--input", toy_input, "--output", tmp_path / "outs" / "out", "--allow-unused", "o_proj"]
+    assert_user_error(capsys, tmp_path / "outs", argv, f"'{shard}' is truncated or corrupt: ")
+
+
+def test_a_dtype_the_converter_does_not_read_is_named(toy_input, tmp_path, capsys):
+    # a valid file (safetensors lists it) whose dtype torch has no type for
+    header = json.dumps({"head.weight": {"dtype": "F6_E2M3", "shape": [4], "data_offsets": [0, 3]}}).encode()
+    header += b" " * (-len(header) % 8)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 3)
+    argv = ["--source", "plain", "--input", odd, "--output", tmp_path / "out"]
+    assert_user_error(capsys, tmp_path, argv, f"'{odd / 'model.safetensors'}' holds 'head.weight' of dtype F6_E2M3, "
+                      "which the converter does not read (it reads F64, F32")  # fmt: skip

@@ -11,18 +11,21 @@ freshly drawn image. The model is the family's ``tiny`` preset (or another offli
 with the changes the family's config declares for the demo (``ZooVLMConfig.demo_overrides``: e.g. a wider
 vision tower), whose reason is printed. The default family is the family table's first.
 
-Owns: the demo's arguments (``DemoArguments``, parsed with ``HfArgumentParser``), the evaluation by greedy
-generation (``evaluate_accuracy``), ``run_demo`` (returns the models and numbers, for tests) and ``main``.
+Owns: the demo's arguments (``DemoArguments``, parsed with ``HfArgumentParser``; every one is checked before any
+training, ``--output-dir`` by ``check_output_dir``, and a mistake is a one-line ``ValueError``), the evaluation by
+greedy generation (``evaluate_accuracy``), ``run_demo`` (returns the models and numbers, for tests) and ``main``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from transformers import (
@@ -35,6 +38,7 @@ from transformers import (
 )
 
 from .auto import default_family, get_family
+from .conversion_scripts.errors import describe_os_error
 from .presets import get_config, get_processor, preset_names
 from .synthetic import (
     QUESTIONS,
@@ -48,6 +52,27 @@ from .synthetic import (
 from .training import VLMDataCollator
 
 PRESET = "tiny"
+PROG = "vlmzoo demo"
+
+
+def check_output_dir(path: str) -> None:
+    """``ValueError`` unless the demo can write ``--output-dir``: not empty, not a file, and its nearest existing
+    ancestor a directory where a directory can be made (probed with a temporary one, removed at once). Checked
+    with the other arguments, so a bad path costs no training."""
+    if not str(path).strip():
+        raise ValueError("--output-dir is empty; name the directory for the trained model, e.g. --output-dir demo_output")
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"--output-dir '{path}' is an existing file, not a directory")
+    ancestor = target.absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"--output-dir '{path}' cannot be created: '{ancestor}' is a file, not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".vlmzoo-demo-write-test-", dir=ancestor))
+    except OSError as error:
+        raise ValueError(f"--output-dir '{path}' cannot be written: {describe_os_error(error)} in '{ancestor}'") from None
 
 
 @dataclass
@@ -91,6 +116,7 @@ class DemoArguments:
         offline = [name for name in preset_names(self.family) if name.startswith("tiny")]
         if self.preset not in offline:
             raise ValueError(f"--preset {self.preset!r}: family '{self.family}' has the offline presets {offline}")
+        check_output_dir(self.output_dir)
         if self.quick:
             self.num_eval = min(self.num_eval, 24)
             self.stage1_steps, self.stage2_steps = min(self.stage1_steps, 4), min(self.stage2_steps, 12)
@@ -332,14 +358,23 @@ def _run_demo(args: DemoArguments) -> DemoResult:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> DemoArguments:
-    """``DemoArguments`` from command-line flags (``None`` or ``[]``: all defaults)."""
-    (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=list(argv or []))
-    return args
+    """``DemoArguments`` from command-line flags (``None`` or ``[]``: all defaults); every mistake (an unknown
+    flag, a bad value, an ``--output-dir`` that cannot be written) is a one-line ``ValueError``."""
+    from .cli import raise_parser_errors
+
+    parser = HfArgumentParser(DemoArguments, prog=PROG)
+    raise_parser_errors(parser, PROG, ValueError)
+    namespace = parser.parse_args(list(argv or []))
+    return DemoArguments(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(DemoArguments)})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``vlmzoo demo``; returns the exit code (1 when a full run ends at or below chance)."""
-    args = parse_args(argv)
+    return run_parsed(parse_args(argv))
+
+
+def run_parsed(args: DemoArguments) -> int:
+    """Run the demo with parsed arguments; returns the exit code of :func:`main`."""
     result = run_demo(args)
     final = result.accuracies["after stage 2"]["overall"]
     if not args.quick and final <= result.chance:
@@ -348,4 +383,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["DemoArguments", "DemoResult", "evaluate_accuracy", "first_word", "main", "parse_args", "run_demo"]
+__all__ = [
+    "DemoArguments",
+    "DemoResult",
+    "check_output_dir",
+    "evaluate_accuracy",
+    "first_word",
+    "main",
+    "parse_args",
+    "run_demo",
+    "run_parsed",
+]

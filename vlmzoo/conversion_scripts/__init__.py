@@ -8,7 +8,10 @@ Shared machinery, re-exported by ``common``:
   name the file and the cause;
 - ``key_tables``: rename / split (one-to-many) / merge (many-to-one) rules and the plan that accounts for every
   tensor and checks every shape before anything is written;
-- ``writing``: the staging directory beside ``--output`` and the streaming writer sharded by ``huggingface_hub``;
+- ``writing``: the checks of ``--output`` (and its free space) and the streaming writer sharded by
+  ``huggingface_hub``;
+- ``swap``: the staging directory beside ``--output`` and the swap that replaces ``--output`` as a whole, safe
+  against a kill at any moment (a half-done swap is finished by the next run);
 - ``errors``: :class:`~.errors.ConversionError`, the user error both entry points print as one line (exit 2);
 - ``llava_fork``: what the LLaVA code base and its forks (LLaVA-HR, Mini-Gemini, EAGLE) share.
 

@@ -30,7 +30,10 @@ _TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tok
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64, "BOOL": torch.bool, "C64": torch.complex64,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "F8_E4M3FNUZ": torch.float8_e4m3fnuz,
+    "F8_E5M2FNUZ": torch.float8_e5m2fnuz,
+    **({"F8_E8M0": torch.float8_e8m0fnu} if hasattr(torch, "float8_e8m0fnu") else {}),
 }  # fmt: skip
 
 
@@ -144,7 +147,12 @@ def _safetensors_infos(path: Path) -> dict[str, TensorInfo]:
             infos = {}
             for key in handle.keys():
                 tensor_slice = handle.get_slice(key)
-                dtype = _SAFETENSORS_DTYPES.get(tensor_slice.get_dtype(), torch.float32)
+                dtype = _SAFETENSORS_DTYPES.get(tensor_slice.get_dtype())
+                if dtype is None:
+                    raise ConversionError(
+                        f"'{path}' holds '{key}' of dtype {tensor_slice.get_dtype()}, which the converter does not read "
+                        f"(it reads {', '.join(_SAFETENSORS_DTYPES)})"
+                    )
                 infos[key] = TensorInfo(path, tuple(tensor_slice.get_shape()), dtype)
             return infos
     except SafetensorError as error:

@@ -9,12 +9,14 @@ Owns:
   turns the arguments into a :class:`ConversionJob`) and its entry point :meth:`Converter.main`, which prints a
   user error (:class:`~.errors.ConversionError`, argument errors) as one line and returns 2, and lets any other
   exception (a bug) propagate with its traceback;
-- :func:`run_conversion`: check the arguments and ``--output``, plan and account for every tensor, check every
-  shape on meta tensors, then stream the tensors into a staging directory beside ``--output`` and move it into
-  place only once the conversion is complete and verified (see ``writing.py``).
+- :func:`run_conversion`: finish (or roll back) what a killed run left half-done, check the arguments and
+  ``--output``, plan and account for every tensor, check every shape on meta tensors and the free space, then
+  stream the tensors into a staging directory beside ``--output`` and put it in place of ``--output`` as a whole
+  only once the conversion is complete and verified (see ``swap.py``). An I/O failure on the way (a full disk,
+  however the library reports it) is a one-line user error naming ``--output``, which stays unchanged.
 
 Reading inputs lives in ``checkpoints.py``, key tables and the plan in ``key_tables.py``, writing in
-``writing.py``; their public names are re-exported here, so a family's ``convert_<family>.py`` imports from
+``writing.py`` and ``swap.py``; their public names are re-exported here, so a family's ``convert_<family>.py`` imports from
 this module only and holds just its key table, config translation and processor. What the LLaVA-fork
 checkpoints share (``mm_*`` config fields, the -200 image index, the chat template) is in ``llava_fork.py``.
 """
@@ -43,7 +45,7 @@ from .checkpoints import (
     read_json,
     read_text,
 )
-from .errors import ConversionError, os_error, report_user_error
+from .errors import ConversionError, as_os_error, os_error, report_user_error
 from .key_tables import (
     RECOMPUTED_BUFFERS,
     ConversionPlan,
@@ -62,7 +64,15 @@ from .key_tables import (
     plan_conversion,
     tied_copies_stored_apart,
 )
-from .writing import ShardedSafetensorsWriter, StagingDirectory, check_output, parse_shard_size
+from .swap import recover_interrupted_runs
+from .writing import (
+    ShardedSafetensorsWriter,
+    StagingDirectory,
+    check_free_space,
+    check_output,
+    layout_bytes,
+    parse_shard_size,
+)
 
 SHOWN_KEYS = 20  # how many unused / missing keys a failed conversion lists
 DEFAULT_ENCODER_HELP = "a bare --encoder DIR names the source's first encoder"
@@ -126,6 +136,8 @@ def resolve_encoders(values: Sequence[str], spec: SourceSpec) -> dict[str, Path]
             raise ConversionError(f"--encoder '{value}': unknown encoder name '{name}'; --source {spec.name} takes {names}")
         if name in encoders:
             raise ConversionError(f"--encoder {name} is given twice ('{encoders[name]}' and '{directory}')")
+        if not directory.strip():  # Path("") is the current directory
+            raise ConversionError(f"--encoder '{value}' names no directory; pass --encoder {name}=DIR")
         path = Path(directory)
         if not path.exists():
             raise ConversionError(f"--encoder {name}: directory '{path}' does not exist")
@@ -137,6 +149,8 @@ def resolve_encoders(values: Sequence[str], spec: SourceSpec) -> dict[str, Path]
 
 def check_input_directory(directory: str | Path) -> Path:
     """``--input`` must be an existing, listable directory."""
+    if not str(directory).strip():  # Path("") is the current directory
+        raise ConversionError("--input is empty; name the directory of the checkpoint to convert")
     path = Path(directory)
     if not path.exists():
         raise ConversionError(f"input directory '{path}' does not exist")
@@ -192,10 +206,9 @@ class Converter:
                 taking = [f"--source {spec.name}: {', '.join(spec.encoders)}" for spec in specs if spec.encoders]
                 action.help = f"{action.help}. Encoder names: {'; '.join(taking) or 'none'}"
 
-        def error(message: str):  # argparse errors are user errors too: one line, exit 2
-            raise ConversionError(f"{message} (see {self.prog} --help)")
+        from ..cli import raise_parser_errors
 
-        parser.error = error
+        raise_parser_errors(parser, self.prog, ConversionError)  # argparse errors are user errors: one line, exit 2
         return parser
 
     def parse(self, argv: Sequence[str] | None = None) -> ConversionArguments:
@@ -291,6 +304,9 @@ def run_conversion(job: ConversionJob, arguments: ConversionArguments) -> int:
     """
     max_shard_size = parse_shard_size(arguments.max_shard_size)
     inputs = [source.reader.directory for source in job.sources]
+    if str(arguments.output).strip():  # a killed run's half-done swap is finished (or rolled back) first
+        for note in recover_interrupted_runs(arguments.output):
+            print(f"note: {note}")
     output = check_output(arguments.output, inputs, arguments.overwrite)
     expected = expected_tensors(job.model_class, job.config)
     plan = plan_conversion(job.sources, expected)
@@ -323,23 +339,20 @@ def run_conversion(job: ConversionJob, arguments: ConversionArguments) -> int:
         print(f"conversion failed; nothing was written to {arguments.output}")
         return 1
     layout = check_shapes(plan, job.sources, expected, job.tensor_transform)
+    check_free_space(output, layout_bytes(layout))
 
     with StagingDirectory(output, arguments.overwrite) as staging:
-        writer = ShardedSafetensorsWriter(staging.path, layout, max_shard_size)  # plans the shards only
-        job.config.architectures = [job.model_class.__name__]
-        try:  # the small files first: every file name is then known before the weights are streamed
-            job.config.save_pretrained(staging.path)
-            if job.save_extras is not None:
-                job.save_extras(staging.path)
-        except OSError as error:
-            raise os_error("write", error.filename or staging.path, error) from None
-        staging.replaced_files([path.name for path in staging.path.iterdir()] + writer.file_names)
-        written = write_tensors(plan, job.sources, expected, writer, job.tensor_transform)
-        writer.close()
+        try:
+            written = _stage(job, plan, expected, layout, staging, max_shard_size)
+        except Exception as error:  # a full disk or another I/O failure, however the library reports it
+            cause = as_os_error(error)
+            if cause is None or isinstance(error, ConversionError):
+                raise
+            if cause.filename and not Path(cause.filename).absolute().is_relative_to(staging.path):
+                raise os_error("read", cause.filename, cause) from None  # an input, not the output
+            raise staging.write_error(cause) from None
         if written != converted:
             raise RuntimeError(f"planned {converted} source tensors but wrote {written}")
-        writer.verify()
-        read_json(staging.path / "config.json")
         replaced = staging.commit()
     print(summary_line(written, len(plan.unused), len(plan.missing)))
     for note in notes:
@@ -348,6 +361,22 @@ def run_conversion(job: ConversionJob, arguments: ConversionArguments) -> int:
         print(f"note: --overwrite replaced {replaced}")
     print(f"wrote {output}")
     return 0
+
+
+def _stage(job: ConversionJob, plan, expected, layout, staging: StagingDirectory, max_shard_size: int) -> int:
+    """Write the whole conversion into the staging directory and verify it; returns the source tensors written."""
+    writer = ShardedSafetensorsWriter(staging.path, layout, max_shard_size)  # plans the shards only
+    job.config.architectures = [job.model_class.__name__]
+    # the small files first: every file name is then known before the weights are streamed
+    job.config.save_pretrained(staging.path)
+    if job.save_extras is not None:
+        job.save_extras(staging.path)
+    staging.replaced_files([path.name for path in staging.path.iterdir()] + writer.file_names)
+    written = write_tensors(plan, job.sources, expected, writer, job.tensor_transform)
+    writer.close()
+    writer.verify()
+    read_json(staging.path / "config.json")
+    return written
 
 
 # ----- what a transformers checkpoint directory saved beside its weights -----------------------------------

@@ -84,6 +84,12 @@ class QFormerFamily:
 BLIP2 = QFormerFamily("blip-2", ZooBlip2Config, ZooBlip2ForConditionalGeneration, ZooBlip2Processor)
 
 
+def language_models_taken(config_class: type) -> str:
+    """The LM kinds a Q-Former family's converter takes, for its ``--help`` (read from the config class)."""
+    encoder_decoders = ", ".join(config_class.encoder_decoder_language_models)
+    return f"a decoder-only LM such as OPT, or an encoder-decoder LM ({encoder_decoders}) such as Flan-T5"
+
+
 def convert_hf_config(source: PreTrainedConfig, family: QFormerFamily, where: str = "config.json"):
     """transformers ``Blip2Config`` / ``InstructBlipConfig`` -> the family's vlmzoo config."""
     if source.model_type != family.source_model_type:
@@ -161,7 +167,7 @@ def prepare_hf_job(arguments: ConversionArguments, family: QFormerFamily) -> Con
 
 CONVERTER = Converter(
     "blip2",
-    description="Convert a transformers BLIP-2 checkpoint (decoder-only LM) into vlmzoo's "
+    description=f"Convert a transformers BLIP-2 checkpoint ({language_models_taken(ZooBlip2Config)}) into vlmzoo's "
     "ZooBlip2ForConditionalGeneration.",
 )
 

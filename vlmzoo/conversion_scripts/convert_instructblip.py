@@ -17,7 +17,7 @@ from ..configuration.configuration_blip2 import ZooInstructBlipConfig
 from ..modeling.modeling_instructblip import ZooInstructBlipForConditionalGeneration
 from ..processing.processing_blip2 import ZooInstructBlipProcessor
 from .common import ConversionArguments, ConversionJob, Converter
-from .convert_blip2 import QFormerFamily, prepare_hf_job
+from .convert_blip2 import QFormerFamily, language_models_taken, prepare_hf_job
 
 INSTRUCTBLIP = QFormerFamily(
     "instructblip",
@@ -28,8 +28,8 @@ INSTRUCTBLIP = QFormerFamily(
 
 CONVERTER = Converter(
     "instructblip",
-    description="Convert a transformers InstructBLIP checkpoint (decoder-only LM) into vlmzoo's "
-    "ZooInstructBlipForConditionalGeneration.",
+    description=f"Convert a transformers InstructBLIP checkpoint ({language_models_taken(ZooInstructBlipConfig)}) "
+    "into vlmzoo's ZooInstructBlipForConditionalGeneration.",
 )
 
 

@@ -10,6 +10,8 @@ console script can catch the class without loading torch.
 from __future__ import annotations
 
 import errno
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -35,8 +37,26 @@ def describe_os_error(error: OSError) -> str:
     """The cause of an ``OSError`` in a few words: 'permission denied', 'no such file or directory', ..."""
     causes = {errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.ENOENT: "no such file",
               errno.EISDIR: "is a directory", errno.ENOTDIR: "a parent is not a directory",
-              errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on device"}  # fmt: skip
+              errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on device",
+              errno.EDQUOT: "disk quota exceeded (no space left for this user)", errno.EFBIG: "file too large",
+              errno.EBUSY: "device or resource busy", errno.EXDEV: "on another file system"}  # fmt: skip
     return causes.get(error.errno) or (error.strerror or type(error).__name__).lower()
+
+
+# how Rust extensions (safetensors, tokenizers) report an I/O error: "... I/O error: ... (os error 28)"
+_RUST_IO_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def as_os_error(error: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``error``: itself, or the one a Rust extension wrapped in its own exception
+    (safetensors raises ``SafetensorError("... (os error 28)")`` for a full disk); None for any other error."""
+    if isinstance(error, OSError):
+        return error
+    match = _RUST_IO_ERROR.search(str(error))
+    if match is None:
+        return None
+    code = int(match[1])
+    return OSError(code, os.strerror(code))
 
 
 def os_error(action: str, path: str | Path, error: OSError) -> ConversionError:
@@ -44,4 +64,12 @@ def os_error(action: str, path: str | Path, error: OSError) -> ConversionError:
     return ConversionError(f"cannot {action} '{path}': {describe_os_error(error)}")
 
 
-__all__ = ["ConversionError", "USER_ERROR_EXIT_CODE", "describe_os_error", "one_line", "os_error", "report_user_error"]
+__all__ = [
+    "ConversionError",
+    "USER_ERROR_EXIT_CODE",
+    "as_os_error",
+    "describe_os_error",
+    "one_line",
+    "os_error",
+    "report_user_error",
+]

@@ -2,27 +2,30 @@
 
 Owns the output side of a conversion:
 
-- :func:`check_output`: refuses, before any work, an ``--output`` that is an input directory, an existing
-  regular file, or a directory already holding weights or a config (unless ``--overwrite``);
-- :class:`StagingDirectory`: a hidden directory beside ``--output`` (same parent, so moves are renames on one
-  file system) that receives the whole conversion; :meth:`StagingDirectory.commit` moves it into place only
-  when the conversion is complete and verified, replacing existing files only with ``--overwrite`` (the files
-  it replaces are kept aside until every move has succeeded, and put back if one fails). A failing run
-  removes the staging directory: ``--output`` is unchanged, no empty directory or temporary file is left;
+- :func:`check_output`: refuses, before any work, an ``--output`` that is empty (it would mean the current
+  directory), an input directory, an existing regular file or dangling link, the current directory or one holding
+  it, a mount point (a directory that a rename cannot replace), or a directory already holding weights or a
+  config (unless ``--overwrite``);
+- :func:`check_free_space`: refuses, before any work, a conversion whose tensors alone exceed the free space
+  beside ``--output``;
 - :class:`ShardedSafetensorsWriter`: the shard plan and index come from ``huggingface_hub``'s
   ``split_torch_state_dict_into_shards`` (applied to meta tensors of the planned layout, in writing order);
   tensors are streamed in and each shard is saved as soon as its last tensor arrives, so at most about one
-  shard is held in memory besides the source shard being read.
+  shard is held in memory besides the source shard being read. A failed write (a full disk) is an ``OSError``
+  naming the shard, however the library reports it.
+
+The staging directory and the swap that puts it in place as a whole live in ``swap.py``
+(:class:`~.swap.StagingDirectory`, re-exported here).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import secrets
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
@@ -30,14 +33,10 @@ from huggingface_hub.serialization._base import parse_size_to_int
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import ConversionError, describe_os_error, os_error
+from .errors import ConversionError, as_os_error
 from .key_tables import OutputTensor
+from .swap import CHECKPOINT_FILE_PATTERNS, StagingDirectory, existing_entries, nearest_existing, swap_target
 
-# files that make a directory a checkpoint: without --overwrite, an --output holding one is refused up front
-CHECKPOINT_FILE_PATTERNS = (
-    "config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model*.bin.index.json",
-)  # fmt: skip
-WEIGHT_FILE_PATTERNS = CHECKPOINT_FILE_PATTERNS[1:]
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 
@@ -53,125 +52,66 @@ def parse_shard_size(text: str) -> int:
     return size
 
 
-def _existing(directory: Path, patterns: Sequence[str]) -> list[str]:
-    return sorted({path.name for pattern in patterns for path in directory.glob(pattern)})
-
-
 def check_output(output: str | Path, inputs: Sequence[str | Path], overwrite: bool) -> Path:
     """``ConversionError`` for an ``--output`` the conversion must not (or cannot) write; changes nothing."""
+    if not str(output).strip():
+        raise ConversionError("--output is empty (it would mean the current directory); name the directory to write "
+                              "the conversion to, e.g. --output my-model-zoo")  # fmt: skip
     output = Path(output)
     if any(output.resolve() == Path(directory).resolve() for directory in inputs):
         raise ConversionError(f"--output '{output}' is an input directory; write the conversion elsewhere")
-    if output.exists() or output.is_symlink():
+    if output.is_symlink() and not output.exists():
+        raise ConversionError(f"--output '{output}' is a link to '{os.readlink(output)}', which does not exist")
+    if output.exists():
         if not output.is_dir():
             raise ConversionError(f"--output '{output}' is an existing file, not a directory")
+        target = swap_target(output)
+        try:
+            here = Path.cwd().resolve()
+        except OSError:  # the current directory was removed
+            here = None
+        if here is not None and (here == target or target in here.parents):
+            raise ConversionError(
+                f"--output '{output}' is the current directory or holds it; the conversion replaces --output as a "
+                f"whole, so run it from outside (e.g. from '{target.parent}' with --output {target.name})"
+            )
+        if os.path.ismount(target):
+            raise ConversionError(
+                f"--output '{output}' is a mount point, which the conversion cannot replace as a whole; write into a "
+                f"directory inside it"
+            )
         if not os.access(output, os.W_OK | os.X_OK):
             raise ConversionError(f"cannot write into --output '{output}': permission denied")
-        existing = _existing(output, CHECKPOINT_FILE_PATTERNS)
+        existing = existing_entries(output, CHECKPOINT_FILE_PATTERNS)
         if existing and not overwrite:
             raise ConversionError(
                 f"--output '{output}' already holds {existing}; pass --overwrite to replace them (nothing was changed)"
             )
     else:
-        ancestor = _nearest_existing(output.parent)
+        ancestor = nearest_existing(output.parent)
         if not ancestor.is_dir():
             raise ConversionError(f"cannot create --output '{output}': '{ancestor}' is a file, not a directory")
     return output
 
 
-def _nearest_existing(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
+def layout_bytes(layout: dict[str, OutputTensor]) -> int:
+    """The bytes the tensors of ``layout`` take in safetensors files (headers aside)."""
+    return sum(math.prod(spec.shape) * spec.dtype.itemsize for spec in layout.values())
 
 
-class StagingDirectory:
-    """A hidden directory beside ``--output`` that receives the conversion, then moves into ``--output``.
-
-    Use as a context manager: leaving it with an exception (or without :meth:`commit`) deletes the staging
-    directory, so a failed conversion leaves nothing behind.
-    """
-
-    def __init__(self, output: str | Path, overwrite: bool):
-        self.output = Path(output).absolute()
-        self.overwrite = overwrite
-        # the same parent when it exists (a rename, never a copy); else its nearest existing ancestor
-        self.parent = _nearest_existing(self.output.parent)
-        self.path = self._make_hidden_dir("staging")
-        self.committed = False
-
-    def _make_hidden_dir(self, kind: str) -> Path:
-        while True:
-            path = self.parent / f".{self.output.name}.vlmzoo-{kind}-{secrets.token_hex(4)}"
-            try:
-                os.mkdir(path)  # honours the umask, so a committed new --output gets the usual permissions
-                return path
-            except FileExistsError:
-                continue
-            except OSError as error:
-                raise ConversionError(
-                    f"cannot write beside --output '{self.output}' (in '{self.parent}'): {describe_os_error(error)}"
-                ) from None
-
-    def __enter__(self) -> StagingDirectory:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if not self.committed:
-            self.discard()
-
-    def discard(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-    def replaced_files(self, names: Sequence[str]) -> list[str]:
-        """Which of ``names`` already exist in ``--output``; refused (``ConversionError``) without ``--overwrite``."""
-        output = self.output
-        if not output.exists():
-            return []
-        replaced = sorted(name for name in set(names) if (output / name).exists() or (output / name).is_symlink())
-        if replaced and not self.overwrite:
-            raise ConversionError(
-                f"--output '{output}' already holds {replaced}; pass --overwrite to replace them (nothing was changed)"
-            )
-        return replaced
-
-    def commit(self) -> list[str]:
-        """Move the staged files into ``--output``; returns the names of the files replaced (``--overwrite``)."""
-        output = self.output
-        if not output.exists():
-            try:
-                output.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(self.path, output)
-            except OSError as error:
-                raise os_error("create --output", output, error) from None
-            self.committed = True
-            return []
-        staged = sorted(self.path.iterdir())
-        names = {path.name for path in staged}
-        replaced = self.replaced_files(names)
-        stale = [name for name in _existing(output, WEIGHT_FILE_PATTERNS) if name not in names] if self.overwrite else []
-        backup = self._make_hidden_dir("replaced")
-        moved_out: list[str] = []
-        moved_in: list[str] = []
-        try:
-            for name in replaced + stale:
-                os.rename(output / name, backup / name)
-                moved_out.append(name)
-            for path in staged:
-                os.rename(path, output / path.name)
-                moved_in.append(path.name)
-        except OSError as error:  # put everything back as it was
-            for name in reversed(moved_in):
-                os.rename(output / name, self.path / name)
-            for name in reversed(moved_out):
-                os.rename(backup / name, output / name)
-            shutil.rmtree(backup, ignore_errors=True)
-            raise os_error("write into --output", output, error) from None
-        shutil.rmtree(backup, ignore_errors=True)
-        self.path.rmdir()
-        self.committed = True
-        return replaced + stale
+def check_free_space(output: str | Path, needed: int) -> None:
+    """``ConversionError`` when the file system of ``--output`` has less free space than ``needed`` bytes (the old
+    ``--output`` stays until the new one is complete, so the new one needs all of its own space)."""
+    where = nearest_existing(swap_target(output).parent)
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return  # a file system that does not say: the write itself reports a full disk
+    if needed > free:
+        raise ConversionError(
+            f"no space left for --output '{output}': the converted tensors need {needed / 1e9:.2f} GB but '{where}' "
+            f"has {free / 1e9:.2f} GB free; free some space or write elsewhere (nothing was changed)"
+        )
 
 
 class ShardedSafetensorsWriter:
@@ -205,8 +145,11 @@ class ShardedSafetensorsWriter:
             path = self.directory / filename
             try:
                 save_file(buffer, path, metadata={"format": "pt"})
-            except OSError as error:
-                raise os_error("write", path, error) from None
+            except Exception as error:  # safetensors reports a full disk as SafetensorError("... (os error 28)")
+                cause = as_os_error(error)
+                if cause is None:
+                    raise
+                raise OSError(cause.errno, cause.strerror, str(path)) from None
             self._buffers[filename] = {}
             self._written.append(filename)
 
@@ -217,11 +160,7 @@ class ShardedSafetensorsWriter:
             raise RuntimeError(f"shards {unwritten} did not receive all their tensors")
         if self.split.is_sharded:
             index = {"metadata": self.split.metadata, "weight_map": dict(sorted(self.split.tensor_to_filename.items()))}
-            path = self.directory / SAFETENSORS_INDEX
-            try:
-                path.write_text(json.dumps(index, indent=2) + "\n")
-            except OSError as error:
-                raise os_error("write", path, error) from None
+            (self.directory / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
         return [self.directory / name for name in self.split.filename_to_tensors]
 
     def verify(self) -> None:
@@ -245,6 +184,8 @@ __all__ = [
     "CHECKPOINT_FILE_PATTERNS",
     "ShardedSafetensorsWriter",
     "StagingDirectory",
+    "check_free_space",
     "check_output",
+    "layout_bytes",
     "parse_shard_size",
 ]
