@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import logging
 from pathlib import Path
 
@@ -261,7 +262,7 @@ def test_a_sub_config_dict_without_model_type_is_refused_where_the_type_chooses_
         fields = {k: v for k, v in sub.to_dict().items() if k != "model_type"}
         key = where.split("[")[0]
         if where.startswith("vision_configs") or _chosen_by_model_type(config, key):
-            with pytest.raises(ValueError, match=rf"{where.replace('[', '[[]')} is a dict without a 'model_type'.*add "
+            with pytest.raises(ValueError, match=rf"{re.escape(where)} is a dict without a 'model_type'.*add "
                                                  rf"\"model_type\" to the dict"):
                 presets.get_config(*case, **override(fields))
         else:  # a fixed class: the dict cannot describe another architecture
@@ -292,7 +293,7 @@ def test_non_positive_sub_config_sizes_are_refused(case, value):
             if stored not in sub.to_dict():
                 continue
             tried += 1
-            pattern = rf"{where.replace('[', '[[]')}\.{stored}.* is {value}, but it must be a positive integer"
+            pattern = rf"{re.escape(where)}\.{stored}.* is {value}, but it must be a positive integer"
             with pytest.raises(ValueError, match=pattern):
                 presets.get_config(*case, **override({**sub.to_dict(), stored: value}))
     assert tried >= 6  # text and vision configs at least: width, depth, heads (+ vocabulary)
@@ -306,7 +307,7 @@ def test_a_sub_config_field_of_the_wrong_type_names_the_sub_config(case):
         if stored not in sub.to_dict():
             continue
         tried += 1
-        with pytest.raises(TypeError, match=rf"{where.replace('[', '[[]')} \(\w+\): .*'{stored}'.* got str"):
+        with pytest.raises(TypeError, match=rf"{re.escape(where)} \(\w+\): .*'{stored}'.* got str"):
             presets.get_config(*case, **override({**sub.to_dict(), stored: "2"}))
     assert tried >= 2
 
