@@ -90,17 +90,22 @@ def test_experts_keep_their_order_types_and_fields_through_every_round_trip(tmp_
         assert loaded.aux_vision_config.to_dict() == config.aux_vision_config.to_dict(), how
 
 
-def test_family_defaults_fill_the_experts_and_a_dict_may_leave_out_a_defaulted_model_type():
+def test_family_defaults_fill_the_experts_and_a_dict_must_still_name_its_model_type():
     from zoo_test_families import ThreeExpertsConfig
 
     config = ThreeExpertsConfig()
     assert list(config.vision_configs) == ["clip", "siglip", "convnext"]
     assert [c.model_type for c in config.vision_configs.values()] == ["clip_vision_model", "siglip_vision_model", "convnext"]
     assert config.vision_configs["siglip"].image_size == TINY_SIGLIP["image_size"]
-    given = ThreeExpertsConfig(vision_configs={"convnext": {"hidden_sizes": [8, 16]}, "clip": dict(TINY_CLIP)},
+    given = ThreeExpertsConfig(vision_configs={"convnext": {"model_type": "convnext", "hidden_sizes": [8, 16]},
+                                               "clip": {"model_type": "clip_vision_model", **TINY_CLIP}},
                                tower_views=None)  # fmt: skip
     assert list(given.vision_configs) == ["convnext", "clip"]
     assert given.vision_configs["convnext"].model_type == "convnext" and given.vision_configs["convnext"].hidden_sizes == [8, 16]
+    # a dict without one would be built as the name's default from fields that may describe another tower
+    with pytest.raises(ValueError, match=r"vision_configs\['clip'\] is a dict without a 'model_type': it would be built "
+                                         r"as the family's default 'clip_vision_model'"):
+        ThreeExpertsConfig(vision_configs={"clip": dict(TINY_CLIP)}, tower_views=None)
 
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])

@@ -15,7 +15,9 @@ Towers (docs/design.md §4): ``vision_config`` is the primary tower, ``aux_visio
 (components ``vision_tower``, ``aux_vision_tower``, ``vision_towers``). All default to ``None``, so a family that
 does not use one is unchanged. Each accepts a ``PreTrainedConfig`` or a dict with a ``model_type`` (for
 ``aux_vision_config`` a family may declare a default in ``sub_configs_defaults``; for ``vision_configs`` in
-``vision_configs_defaults``). ``vision_configs`` keeps its order in memory (a dict) and on disk: ``to_dict`` writes
+``vision_configs_defaults``: used when the field is ``None``; a dict must still name its ``model_type``, as every
+sub-config dict resolved by ``model_type`` must, ``validation.py``).
+``vision_configs`` keeps its order in memory (a dict) and on disk: ``to_dict`` writes
 it as a list of ``{"name": ..., "config": {...}}`` entries (JSON objects lose their order: transformers writes
 ``config.json`` with sorted keys), and that list form is accepted back. ``attn_implementation`` (a string, or a
 dict keyed by sub-config name, ``{"vision_configs": {"clip": ...}}`` for one expert) reaches ``aux_vision_config``
@@ -26,7 +28,9 @@ Fields every family shares are validated here at construction, with a message th
 ``vision_configs``) that describes a vision model, expert names that are valid module names, a ``text_config``
 that describes a language model, and (for families that have them) ``vision_feature_layer`` within the tower's
 hidden states (``num_hidden_layers + 1`` entries, negative indices from the end) and a known
-``vision_feature_select_strategy``.
+``vision_feature_select_strategy``. ``validation.py`` holds the checks of what a user passes: unknown keys are
+logged with the closest valid key, vlmzoo's fields are type-checked on every assignment (``TypeError``), sub-config
+dicts must name their ``model_type`` where it selects the class, and every sub-config's sizes must be positive.
 """
 
 from __future__ import annotations
@@ -38,16 +42,28 @@ from typing import Any, ClassVar
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
 )
 
 from ..geometry import dropped_tokens
+from .validation import (
+    check_field_type,
+    check_positive_sizes,
+    check_read_only_keys,
+    check_save_directory,
+    declared_field_types,
+    refuse_read_only_keys,
+    sub_config_from_dict,
+    warn_unknown_keys,
+)
 
 # attributes by which a sub-config shows that it describes a vision model (CLIP, SigLIP, ConvNeXt, Qwen2-VL, ...)
 VISION_CONFIG_MARKERS = ("image_size", "patch_size", "num_channels", "in_channels", "in_chans")
+
+# the model types a message suggests for a tower dict without one
+VISION_MODEL_TYPES_HINT = "'clip_vision_model', 'siglip_vision_model' or 'convnext'"
 
 # the keys of one serialised expert entry of `vision_configs` (see the module docstring)
 EXPERT_ENTRY_KEYS = ("name", "config")
@@ -77,7 +93,7 @@ def tower_config_from(value: Any, where: str, spec: SubConfigSpec | None = None)
     """The ``PreTrainedConfig`` of one tower given as a config or as a dict with a ``model_type``.
 
     ``where`` names the field in messages (``aux_vision_config``, ``vision_configs['clip']``); ``spec`` is the
-    family's default for it (a dict without a ``model_type`` then takes the spec's), as ``sub_configs_defaults``.
+    family's default for it, as ``sub_configs_defaults`` (a fixed-class spec lets a dict leave ``model_type`` out).
     """
     if isinstance(value, PreTrainedConfig):
         return value
@@ -85,21 +101,8 @@ def tower_config_from(value: Any, where: str, spec: SubConfigSpec | None = None)
         raise TypeError(
             f"{where} must be a PreTrainedConfig or a dict with a 'model_type', got {type(value).__name__}"
         )
-    fields = dict(value)
-    if spec is not None and "model_type" not in fields:
-        return spec.create_subconfig(where, fields)[0]
-    model_type = fields.pop("model_type", None)
-    if not isinstance(model_type, str) or not model_type:
-        raise ValueError(
-            f"{where} is a dict without a 'model_type'; name the tower's transformers model type (e.g. "
-            f"{{'model_type': 'convnext', ...}}) or pass its PreTrainedConfig"
-        )
-    if model_type not in CONFIG_MAPPING:
-        raise ValueError(
-            f"{where} has model_type '{model_type}', which transformers does not know; use a vision model type such as "
-            f"clip_vision_model, siglip_vision_model or convnext"
-        )
-    return CONFIG_MAPPING[model_type](**fields)
+    hint = repr(spec.model_type) if spec is not None else VISION_MODEL_TYPES_HINT
+    return sub_config_from_dict(where, value, spec, hint)
 
 
 def _expert_entries(value: Any) -> list[tuple[Any, Any]]:
@@ -209,14 +212,31 @@ class ZooVLMConfig(PreTrainedConfig):
 
     vision_config: dict | PreTrainedConfig | None = None
     aux_vision_config: dict | PreTrainedConfig | None = None
-    vision_configs: dict | list | None = None
+    vision_configs: Any = None  # a dict or a list of entries, checked (entry by entry) by build_vision_configs
     text_config: dict | PreTrainedConfig | None = None
     image_token_id: int = 32000
     training_stages: dict[str, list[str]] | None = None
-    recipe_learning_rates: dict[str, float] | None = None
+    recipe_learning_rates: dict[str, int | float] | None = None
     tie_word_embeddings: bool | None = None
 
+    def __setattr__(self, key: str, value: Any) -> None:
+        # `@strict` skips vlmzoo's (string) annotations: the fields vlmzoo declares are checked here, on every
+        # assignment (the dataclass __init__ assigns each field too)
+        name = type(self).attribute_map.get(key, key)
+        annotation = declared_field_types(type(self), ZooVLMConfig).get(name)
+        if annotation is not None:
+            check_field_type(type(self).__name__, name, value, annotation)
+        super().__setattr__(key, value)
+
     def __post_init__(self, **kwargs):
+        read_only = refuse_read_only_keys(type(self), kwargs, ZooVLMConfig)
+        warn_unknown_keys(self, kwargs, ZooVLMConfig)
+        # sub-config dicts are built here, so that one without the model_type that selects its class is refused and
+        # @strict errors inside it name it; transformers' own loop below then finds configs
+        for key, spec in self.sub_configs_defaults.items():
+            value = getattr(self, key)
+            if isinstance(value, Mapping):
+                setattr(self, key, sub_config_from_dict(key, value, spec, repr(spec.model_type)))
         # the towers transformers does not build itself are built first, so that the attention implementation set in
         # super().__post_init__ reaches them
         if "aux_vision_config" not in self.sub_configs_defaults and self.aux_vision_config is not None:
@@ -224,6 +244,7 @@ class ZooVLMConfig(PreTrainedConfig):
         self.vision_configs = build_vision_configs(self.vision_configs, self.vision_configs_defaults)
         super().__post_init__(**kwargs)
         self._check_shared_fields()
+        check_read_only_keys(self, read_only)
         if self.tie_word_embeddings is None:
             self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
         if self.training_stages is None:
@@ -248,8 +269,22 @@ class ZooVLMConfig(PreTrainedConfig):
             if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
                 raise ValueError(f"the learning rate of stage '{stage}' must be a positive number, got {rate!r}")
 
+    def _sub_configs_by_name(self) -> Iterable[tuple[str, PreTrainedConfig]]:
+        """(name in messages, config) of every sub-config: the declared ones, the high-resolution tower, the experts."""
+        for key in self.sub_configs_defaults:
+            value = getattr(self, key, None)
+            if isinstance(value, PreTrainedConfig):
+                yield key, value
+        if isinstance(self.aux_vision_config, PreTrainedConfig) and "aux_vision_config" not in self.sub_configs_defaults:
+            yield "aux_vision_config", self.aux_vision_config
+        for name, expert in (self.vision_configs or {}).items():
+            yield f"vision_configs[{name!r}]", expert
+
     def _check_shared_fields(self) -> None:
-        """The sub-configs' kinds, the image token and the vision feature selection (see the module docstring)."""
+        """The sub-configs' kinds and sizes, the image token and the vision feature selection (see the module
+        docstring)."""
+        for where, sub_config in self._sub_configs_by_name():
+            check_positive_sizes(where, sub_config)
         vision, text = self.vision_config, self.text_config
         if vision is not None:
             _check_describes_vision_model(
@@ -288,6 +323,11 @@ class ZooVLMConfig(PreTrainedConfig):
         strategy = getattr(self, "vision_feature_select_strategy", None)
         if strategy is not None:
             dropped_tokens(strategy)  # ValueError naming the valid strategies
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """transformers' ``save_pretrained``; an existing file at ``save_directory`` raises ``FileExistsError``."""
+        check_save_directory(save_directory, "config")
+        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
 
     def demo_overrides(self) -> tuple[dict, str]:
         """What ``vlmzoo demo`` changes in this (tiny preset) config so that it learns in minutes on a CPU:

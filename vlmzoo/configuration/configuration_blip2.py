@@ -15,6 +15,7 @@ encoder-decoder language models they take (``encoder_decoder_language_models``: 
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 from huggingface_hub.dataclasses import strict
@@ -30,6 +31,7 @@ from ..presets import register_preset
 from ..tiny_tokenizer import IMAGE_TOKEN, build_tiny_tokenizer
 from .configuration_base import ZooVLMConfig
 from .configuration_llava import tiny_llama_text_config, vicuna_text_config
+from .validation import check_positive
 
 # components of every Q-Former model (the learned queries belong to the Q-Former)
 QFORMER_COMPONENTS: dict[str, tuple[str, ...]] = {
@@ -87,12 +89,18 @@ class ZooBlip2Config(ZooVLMConfig):
     num_query_tokens: int = 32
     # width of the stage-1 image-text projections (ITC), as transformers' Blip2Config
     image_text_hidden_size: int = 256
-    initializer_range: float = 0.02
+    initializer_range: int | float = 0.02
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        if not isinstance(self.num_query_tokens, int) or self.num_query_tokens < 1:
-            raise ValueError(f"num_query_tokens must be a positive integer, got {self.num_query_tokens!r}")
+        name = type(self).__name__
+        check_positive(name, "num_query_tokens", self.num_query_tokens)
+        check_positive(name, "image_text_hidden_size", self.image_text_hidden_size)
+        if not (math.isfinite(self.initializer_range) and self.initializer_range >= 0):
+            raise ValueError(
+                f"{name}.initializer_range is the standard deviation of the initial weights: a finite number >= 0, "
+                f"got {self.initializer_range!r}"
+            )
         self.qformer_config.encoder_hidden_size = self.vision_config.hidden_size
 
     @property
@@ -173,7 +181,14 @@ def _tiny_opt_config(tokenizer) -> dict:
 
 
 def _tiny_t5_config(tokenizer) -> dict:
-    """A 2+2-layer Flan-T5-style LM (gated GELU, untied head; the decoder starts from the pad token, as T5's)."""
+    """A 2+2-layer Flan-T5-style LM (gated GELU; the decoder starts from the pad token, as T5's).
+
+    Its head is tied to the embeddings: transformers 5.24's ``T5Config`` always ties, and reads the
+    ``tie_word_embeddings: False`` below (Flan-T5's ``config.json`` value) as "do not scale the decoder's outputs by
+    ``d_model ** -0.5``" (``scale_decoder_outputs=False``), as T5 v1.1 / Flan-T5 do not. A checkpoint whose head is
+    stored apart is untied by the top-level ``tie_word_embeddings=False`` (the conversion sets it; the paper-size
+    presets below do).
+    """
     return {
         "model_type": "t5",
         "vocab_size": len(tokenizer),
@@ -214,7 +229,8 @@ def _blip2_tiny_llama() -> dict:
 
 @register_preset(ZooBlip2Config, "tiny-t5")
 def _blip2_tiny_t5() -> dict:
-    """BLIP-2 with a 2+2-layer Flan-T5-style encoder-decoder (the prompt is encoded, the answer decoded)."""
+    """BLIP-2 with a 2+2-layer Flan-T5-style encoder-decoder (the prompt is encoded, the answer decoded; the head
+    tied to the embeddings, the decoder's outputs unscaled)."""
     return _blip2_tiny(text_config=_tiny_t5_config(build_tiny_tokenizer()))
 
 
@@ -267,6 +283,7 @@ def _blip2_opt_27b() -> dict:
 
 
 def _flan_t5(d_model: int, d_ff: int, layers: int, heads: int) -> dict:
+    """Flan-T5's text config (``tie_word_embeddings: False``: unscaled decoder outputs, see ``_tiny_t5_config``)."""
     return {
         "model_type": "t5",
         "vocab_size": 32128,
@@ -285,8 +302,14 @@ def _flan_t5(d_model: int, d_ff: int, layers: int, heads: int) -> dict:
 
 @register_preset(ZooBlip2Config, "blip2-flan-t5-xl")
 def _blip2_flan_t5_xl() -> dict:
-    """BLIP-2 Flan-T5-XL: EVA ViT-g/14, 32 queries, Flan-T5-XL (24+24 layers, d_model 2048; ``<image>`` is 32100)."""
-    return {"text_config": _flan_t5(2048, 5120, 24, 32), "num_query_tokens": 32, "image_token_id": 32100}
+    """BLIP-2 Flan-T5-XL: EVA ViT-g/14, 32 queries, Flan-T5-XL (24+24 layers, d_model 2048, its LM head stored apart
+    from the embeddings: untied; ``<image>`` is 32100)."""
+    return {
+        "text_config": _flan_t5(2048, 5120, 24, 32),
+        "num_query_tokens": 32,
+        "image_token_id": 32100,
+        "tie_word_embeddings": False,
+    }
 
 
 @register_preset(ZooBlip2Config, "minigpt4-vicuna-13b")
@@ -324,18 +347,19 @@ def _instructblip_tiny(**overrides) -> dict:
 
 @register_preset(ZooInstructBlipConfig, "tiny-t5")
 def _instructblip_tiny_t5() -> dict:
-    """InstructBLIP with a 2+2-layer Flan-T5-style encoder-decoder."""
+    """InstructBLIP with a 2+2-layer Flan-T5-style encoder-decoder (head tied to the embeddings, outputs unscaled)."""
     return _instructblip_tiny(text_config=_tiny_t5_config(build_tiny_tokenizer()))
 
 
 @register_preset(ZooInstructBlipConfig, "instructblip-flan-t5-xl")
 def _instructblip_flan_t5_xl() -> dict:
-    """InstructBLIP Flan-T5-XL: EVA ViT-g/14, instruction-aware Q-Former, Flan-T5-XL."""
+    """InstructBLIP Flan-T5-XL: EVA ViT-g/14, instruction-aware Q-Former, Flan-T5-XL (LM head untied)."""
     return {
         "qformer_config": {"vocab_size": 30523},
         "text_config": _flan_t5(2048, 5120, 24, 32),
         "num_query_tokens": 32,
         "image_token_id": 32100,
+        "tie_word_embeddings": False,
     }
 
 

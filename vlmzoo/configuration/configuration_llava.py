@@ -13,7 +13,7 @@ presets use, which other families' presets reuse (``tiny_llama_text_config``, ``
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
@@ -31,6 +31,7 @@ from ..geometry import (
 from ..presets import register_preset
 from ..tiny_tokenizer import IMAGE_TOKEN, build_tiny_tokenizer
 from .configuration_base import ZooVLMConfig
+from .validation import check_positive
 
 
 # OpenAI CLIP ViT-L/14 at 336 px, LLaVA 1.5's and NeXT's tower (the default vision_config)
@@ -94,7 +95,7 @@ class ZooLlavaConfig(ZooVLMConfig):
     projector_config: dict | None = None
     multimodal_projector_bias: bool = True
     vision_feature_layer: int | list[int] = -2
-    vision_feature_select_strategy: Literal["default", "full"] = "default"
+    vision_feature_select_strategy: str = "default"  # a key of geometry's strategies (checked, listing them)
     image_grid_pinpoints: list | None = None
     image_seq_length: int | None = None
 
@@ -114,6 +115,7 @@ class ZooLlavaConfig(ZooVLMConfig):
             self.vision_feature_select_strategy,
         )  # fmt: skip
         tokens = projector_num_tokens(self.projector_type, selected, self.projector_config)
+        check_positive(type(self).__name__, "image_seq_length", self.image_seq_length, allow_none=True)
         if self.image_seq_length is None:
             self.image_seq_length = tokens
         elif self.image_seq_length != tokens:

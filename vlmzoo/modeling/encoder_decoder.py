@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import slice_logits_to_keep
+from transformers.utils import torch_compilable_check
 
 from .input_checks import check_decoder_inputs, check_labels
 from .outputs import ZooVLMSeq2SeqLMOutput, ZooVLMSeq2SeqModelOutput
@@ -43,6 +44,22 @@ def shift_right(labels: torch.Tensor, start_token_id: int, pad_token_id: int) ->
     shifted = labels.new_full(labels.shape, start_token_id)
     shifted[:, 1:] = labels[:, :-1]
     return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+def refuse_decoder_only_labels(labels: torch.Tensor, input_ids: torch.Tensor | None) -> None:
+    """``ValueError`` for labels laid out for a decoder-only LM (same shape as ``input_ids``, every row's first
+    label -100, each learned label the input token at its own position): the decoder would learn the conversation."""
+    if input_ids is None or labels.shape != input_ids.shape or labels.dim() != 2:
+        return
+    learned = labels != -100
+    laid_out_for_a_decoder = learned.any() & ~learned[:, 0].any() & ((labels == input_ids) | ~learned).all()
+    torch_compilable_check(
+        ~laid_out_for_a_decoder,
+        "labels are laid out for a decoder-only language model (each learned label is the input token at its own "
+        "position, the prompt -100), but this model's language model is an encoder-decoder: its labels are the "
+        "decoder's targets (the reply), and these would train the decoder on the whole conversation. Build the batch "
+        "with vlmzoo.training.VLMDataCollator(processor, model=model) (or encoder_decoder=True)",
+    )
 
 
 def _seq2seq_inputs(kwargs: dict) -> dict:
@@ -135,6 +152,8 @@ class EncoderDecoderGenerationMixin:
             decoder_ids = model_inputs.get("decoder_input_ids")
             target_shape = decoder_ids.shape if decoder_ids is not None else labels.shape[:2]
             check_labels(labels, *target_shape, decoder=True)
+            if decoder_ids is None:
+                refuse_decoder_only_labels(labels, model_inputs.get("input_ids"))
             if decoder_ids is None and model_inputs.get("decoder_inputs_embeds") is None:
                 model_inputs["decoder_input_ids"] = shift_right(
                     labels, text_config.decoder_start_token_id, text_config.pad_token_id

@@ -7,16 +7,20 @@ prompt only (InstructBLIP's Q-Former instruction: it must not read the answer it
 processor's hook ``prompt_only_inputs(prompts)`` (``vlmzoo.processing.processing_common``; ``{}`` by default),
 called on every batch with each conversation rendered up to its last reply, as at inference.
 
-For a model whose language model is an encoder-decoder (BLIP-2 / InstructBLIP with Flan-T5,
-``encoder_decoder=True``), the last assistant reply becomes the decoder's ``labels`` (ending with the
-tokenizer's EOS, as T5 targets do) and everything before it, earlier replies included, is the encoder's
-``input_ids``; the model shifts the labels right into ``decoder_input_ids`` itself.
+For a model whose language model is an encoder-decoder (BLIP-2 / InstructBLIP with Flan-T5), the last assistant
+reply becomes the decoder's ``labels`` (ending with the tokenizer's EOS, as T5 targets do) and everything before it,
+earlier replies included, is the encoder's ``input_ids``; the model shifts the labels right into
+``decoder_input_ids`` itself. The collator cannot tell the kind from the processor (a tokenizer serves either), so
+it takes it from the model: ``VLMDataCollator(processor, model=model)`` (a peft wrapper too), or from
+``encoder_decoder=``; both given must agree. Without either it lays batches out for a decoder-only LM, and an
+encoder-decoder model refuses such a batch (labels that repeat the prompt's tokens at their own positions) with a
+``ValueError`` saying to pass ``model=``, instead of training its decoder on the whole conversation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from typing import Any
 
 import torch
@@ -25,6 +29,19 @@ from ..processing.chat_templates import check_conversation
 from ..processing.processing_common import ZooProcessorMixin
 
 IGNORE_INDEX = -100
+
+
+def _is_encoder_decoder(model: Any) -> bool:
+    """Whether ``model``'s language model is an encoder-decoder (its ``config.is_encoder_decoder``; a peft wrapper
+    exposes the wrapped model's config)."""
+    config = getattr(model, "config", None)
+    flag = getattr(config, "is_encoder_decoder", None)
+    if not isinstance(flag, bool):
+        raise TypeError(
+            f"VLMDataCollator(model=...) takes the model the batches are for (a vlmzoo model or a peft wrapper of one), "
+            f"got {type(model).__name__}, which has no config.is_encoder_decoder"
+        )
+    return flag
 
 
 def _check_messages(index: int, messages) -> None:
@@ -43,14 +60,33 @@ class VLMDataCollator:
 
     processor: Any
     max_length: int | None = None
-    encoder_decoder: bool = False  # the model's config.is_encoder_decoder (Flan-T5 language models)
+    # the model's config.is_encoder_decoder (Flan-T5 language models); None: the model's, or decoder-only without one
+    encoder_decoder: bool | None = None
+    # the model the batches are for (a vlmzoo model or a peft wrapper of one): sets encoder_decoder; not kept
+    model: InitVar[Any] = None
 
-    def __post_init__(self):
+    def __post_init__(self, model: Any = None):
         if not isinstance(self.processor, ZooProcessorMixin):
             raise TypeError(
                 f"VLMDataCollator takes a vlmzoo processor (a ZooProcessorMixin, e.g. from AutoProcessor after "
                 f"`import vlmzoo`, or vlmzoo.presets.get_processor), got {type(self.processor).__name__}"
             )
+        if self.encoder_decoder is not None and not isinstance(self.encoder_decoder, bool):
+            raise TypeError(f"encoder_decoder must be True, False or None, got {self.encoder_decoder!r}")
+        if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(self.max_length, int)
+                                            or self.max_length < 1):  # fmt: skip
+            raise ValueError(f"max_length must be a positive number of tokens or None, got {self.max_length!r}")
+        if model is not None:
+            kind = _is_encoder_decoder(model)
+            if self.encoder_decoder is not None and self.encoder_decoder != kind:
+                lm = "an encoder-decoder" if kind else "a decoder-only"
+                raise ValueError(
+                    f"encoder_decoder={self.encoder_decoder} disagrees with the model, whose language model is {lm} "
+                    f"LM; leave encoder_decoder out when you pass model="
+                )
+            self.encoder_decoder = kind
+        elif self.encoder_decoder is None:
+            self.encoder_decoder = False
 
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
         if not examples:

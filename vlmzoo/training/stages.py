@@ -1,8 +1,9 @@
 """Training stages (docs/design.md §5): freeze/unfreeze per the paper's recipe, with its learning rates.
 
-``model.set_training_stage(name)`` (on every vlmzoo model) does the freezing; this module adds the
-function form (which also takes a peft wrapper) and :func:`recipe_learning_rate`, which reads the
-learning rate of a stage from the family's config, where each family keeps its paper's recipe.
+``model.set_training_stage(name)`` (on every vlmzoo model) does the freezing, and on a model with peft
+adapters keeps every base weight frozen (a LoRA run stays one); this module adds the function form (which also
+takes the peft wrapper) and :func:`recipe_learning_rate`, which reads the learning rate of a stage from the
+family's config, where each family keeps its paper's recipe.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ def _vlmzoo_model(model: nn.Module) -> nn.Module:
 
 
 def set_training_stage(model: nn.Module, stage: str) -> dict[str, int]:
-    """Set ``requires_grad`` for ``stage`` on a vlmzoo model (or a peft wrapper of one)."""
+    """Set ``requires_grad`` for ``stage`` on a vlmzoo model (or a peft wrapper of one: the base weights stay frozen
+    and the stage's components train their adapters and ``modules_to_save`` copies only; see
+    ``ZooPreTrainedModel.set_training_stage``). Returns ``{component: trainable parameter count}``."""
     return _vlmzoo_model(model).set_training_stage(stage)
 
 
