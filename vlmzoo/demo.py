@@ -255,7 +255,7 @@ def train_stage(
         seed=args.seed,
         data_seed=args.seed,
     )
-    collator = VLMDataCollator(processor, encoder_decoder=model.config.is_encoder_decoder)
+    collator = VLMDataCollator(processor, model=model)
     trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
     started = time.perf_counter()
     trainer.train()

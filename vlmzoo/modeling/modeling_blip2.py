@@ -92,8 +92,10 @@ class ZooBlip2PreTrainedModel(ZooPreTrainedModel):
     main_input_name = "pixel_values"
 
 
-class ZooBlip2Model(EncoderDecoderModelMixin, ZooBlip2PreTrainedModel, ZooVLMModel):
-    """Vision tower + learned queries + Q-Former + projector + base language model (no LM head)."""
+class QFormerModel(EncoderDecoderModelMixin, ZooVLMModel):
+    """What the Q-Former families' base models share: vision tower + learned queries + Q-Former + projector + base
+    language model (no LM head), with the pixels first, as transformers' Q-Former models take them. The families'
+    own classes add their configs (and BLIP-2 its feature API); InstructBLIP swaps the Q-Former call."""
 
     family_input_names = ("interpolate_pos_encoding",)
     # get_image_features is transformers' Blip2Model's (the tower's outputs); the forward places the projected queries
@@ -181,35 +183,6 @@ class ZooBlip2Model(EncoderDecoderModelMixin, ZooBlip2PreTrainedModel, ZooVLMMod
         """transformers' name of the vision tower (``vision_tower`` in vlmzoo)."""
         return self.vision_tower
 
-    def get_qformer_features(
-        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **qformer_inputs
-    ) -> BaseModelOutputWithPooling:
-        """The Q-Former's outputs over the images (as transformers' ``Blip2Model.get_qformer_features``):
-        ``last_hidden_state`` is (num_images, num_query_tokens, Q-Former width), before the projector."""
-        vision = self.encode_images(pixel_values, interpolate_pos_encoding)
-        outputs, _ = self.run_qformer(vision.last_hidden_state, **qformer_inputs)
-        return outputs
-
-    def get_text_features(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None = None,
-        decoder_input_ids: torch.LongTensor | None = None,
-        decoder_attention_mask: torch.LongTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> BaseModelOutputWithPooling:
-        """The language model's states over text alone (as transformers' ``Blip2Model.get_text_features``): the
-        decoder's with a decoder-only LM, the encoder's with an encoder-decoder LM; ``last_hidden_state`` is
-        (batch, sequence, LM width). ``decoder_input_ids``, ``decoder_attention_mask`` and ``labels`` are accepted
-        for native's signature and not read."""
-        encoder = self.get_encoder() if self.config.is_encoder_decoder else self.language_model
-        outputs = encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=outputs.last_hidden_state, hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )  # fmt: skip
-
     def _image_features(self, pixel_values, interpolate_pos_encoding, qformer_inputs: dict, kwargs: dict):
         outputs = self.encode_images(pixel_values, interpolate_pos_encoding, **kwargs)
         outputs.qformer_outputs, query_output = self.run_qformer(outputs.last_hidden_state, **qformer_inputs)
@@ -251,6 +224,40 @@ class ZooBlip2Model(EncoderDecoderModelMixin, ZooBlip2PreTrainedModel, ZooVLMMod
         )  # fmt: skip
 
 
+class ZooBlip2Model(ZooBlip2PreTrainedModel, QFormerModel):
+    """BLIP-2's base model, with transformers' ``Blip2Model`` feature API (``get_image_features``: the tower's outputs;
+    ``get_qformer_features``; ``get_text_features``)."""
+
+    def get_qformer_features(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **qformer_inputs
+    ) -> BaseModelOutputWithPooling:
+        """The Q-Former's outputs over the images (as transformers' ``Blip2Model.get_qformer_features``):
+        ``last_hidden_state`` is (num_images, num_query_tokens, Q-Former width), before the projector."""
+        vision = self.encode_images(pixel_values, interpolate_pos_encoding)
+        outputs, _ = self.run_qformer(vision.last_hidden_state, **qformer_inputs)
+        return outputs
+
+    def get_text_features(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
+        """The language model's states over text alone (as transformers' ``Blip2Model.get_text_features``): the
+        decoder's with a decoder-only LM, the encoder's with an encoder-decoder LM; ``last_hidden_state`` is
+        (batch, sequence, LM width). ``decoder_input_ids``, ``decoder_attention_mask`` and ``labels`` are accepted
+        for native's signature and not read."""
+        encoder = self.get_encoder() if self.config.is_encoder_decoder else self.language_model
+        outputs = encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )  # fmt: skip
+
+
 def bind_pixels_first(args: tuple, kwargs: dict, order: tuple[str, ...], method: str) -> tuple[tuple, dict]:
     """transformers' Q-Former call form: when the first positional argument is floating (pixels, never token ids),
     bind the positional arguments to the names in ``order`` (e.g. ``pixel_values, input_ids, attention_mask``)."""
@@ -279,12 +286,6 @@ class QFormerGenerationMixin(EncoderDecoderGenerationMixin):
     def vision_model(self):
         """transformers' name of the vision tower (``vision_tower`` in vlmzoo)."""
         return self.model.vision_tower
-
-    def get_qformer_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        return self.model.get_qformer_features(pixel_values, **kwargs)
-
-    def get_text_features(self, input_ids: torch.LongTensor, **kwargs) -> BaseModelOutputWithPooling:
-        return self.model.get_text_features(input_ids, **kwargs)
 
     def generate(self, *args, **kwargs):
         """``GenerationMixin.generate`` with transformers' Q-Former conventions: pixels may come first, positionally
@@ -360,4 +361,4 @@ class ZooBlip2ForConditionalGeneration(
         return self.language_modeling_forward(labels, logits_to_keep, model_inputs, kwargs)
 
 
-__all__ = ["ZooBlip2PreTrainedModel", "ZooBlip2Model", "ZooBlip2ForConditionalGeneration"]
+__all__ = ["QFormerModel", "ZooBlip2PreTrainedModel", "ZooBlip2Model", "ZooBlip2ForConditionalGeneration"]

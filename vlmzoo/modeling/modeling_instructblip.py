@@ -34,7 +34,7 @@ from .modeling_blip2 import (
     QFORMER_REST_DOC,
     QFORMER_TEXT_DOC,
     QFormerGenerationMixin,
-    ZooBlip2Model,
+    QFormerModel,
 )
 from .outputs import (
     ZooVLMCausalLMOutputWithPast,
@@ -57,9 +57,11 @@ class ZooInstructBlipPreTrainedModel(ZooPreTrainedModel):
     config_class = ZooInstructBlipConfig
     _supports_flash_attn = False  # transformers' Q-Former has no flash-attention path
     main_input_name = "pixel_values"  # as transformers' InstructBLIP
+    # as transformers' InstructBLIP: the queries stay in float32 when the model loads in float16
+    _keep_in_fp32_modules = ["query_tokens"]
 
 
-class ZooInstructBlipModel(ZooInstructBlipPreTrainedModel, ZooBlip2Model):
+class ZooInstructBlipModel(ZooInstructBlipPreTrainedModel, QFormerModel):
     """BLIP-2's layout with an instruction-aware Q-Former."""
 
     family_input_names = ("qformer_input_ids", "qformer_attention_mask", "interpolate_pos_encoding")
