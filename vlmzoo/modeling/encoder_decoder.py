@@ -151,7 +151,7 @@ class EncoderDecoderGenerationMixin:
             # the decoder's targets; without decoder inputs the decoder reads them shifted right (as T5 does)
             decoder_ids = model_inputs.get("decoder_input_ids")
             target_shape = decoder_ids.shape if decoder_ids is not None else labels.shape[:2]
-            check_labels(labels, *target_shape, decoder=True)
+            check_labels(labels, *target_shape, decoder=True, vocab_size=text_config.vocab_size)
             if decoder_ids is None:
                 refuse_decoder_only_labels(labels, model_inputs.get("input_ids"))
             if decoder_ids is None and model_inputs.get("decoder_inputs_embeds") is None:

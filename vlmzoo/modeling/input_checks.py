@@ -14,10 +14,11 @@ assert on a GPU. They stay cheap and ``torch.compile(fullgraph=True)``-safe:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import torch
-from transformers.utils import torch_compilable_check
+from transformers.utils import is_tracing, torch_compilable_check
 
 def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
     return tuple(tensor.shape)
@@ -29,6 +30,13 @@ def _require_tensor(name: str, value, what: str) -> None:
             f"{name} must be a torch.Tensor ({what}); got {type(value).__name__}. Call the processor with "
             f"return_tensors='pt'"
         )
+
+
+# the label of a position where nothing is learned (transformers' loss ignores it)
+IGNORE_INDEX = -100
+
+# the dtypes token ids may have: what embeddings index with (uint8 / int16 would wrap or be refused deep inside)
+TOKEN_ID_DTYPES = (torch.int64, torch.int32)
 
 
 def check_text_inputs(
@@ -53,6 +61,11 @@ def check_text_inputs(
         _require_tensor(ids_name, input_ids, "token ids of shape (batch, sequence)")
         if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
             raise TypeError(f"{ids_name} must hold integer token ids, got dtype {input_ids.dtype}")
+        if input_ids.dtype not in TOKEN_ID_DTYPES:
+            raise TypeError(
+                f"{ids_name} must be int64 (or int32) token ids, got dtype {input_ids.dtype}, which cannot hold every id "
+                f"of a vocabulary (and embeddings refuse it); convert with {ids_name}.long()"
+            )
         if input_ids.dim() != 2:
             raise ValueError(
                 f"{ids_name} must be (batch, sequence), got shape {_shape(input_ids)}; add the batch dimension with "
@@ -124,7 +137,17 @@ def _check_ids_in_vocabulary(
             text += " Use the model's own tokenizer, or grow the embeddings with model.resize_token_embeddings()."
         return text
 
-    torch_compilable_check(((input_ids >= 0) & (input_ids < vocab_size)).all(), message)
+    if is_tracing():  # torch.compile / export / jit / graph capture: a compiler hint, no host read of the ids
+        torch_compilable_check(((input_ids >= 0) & (input_ids < vocab_size)).all(), message)
+        return
+    # eager: what torch_compilable_check does there (transformers' switch that turns its checks off included), with
+    # one reduction and one host read in place of three elementwise ops, an all() and its item(); a decode step never
+    # gets here (module docstring)
+    if os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK", "0") == "1" or input_ids.numel() == 0:
+        return
+    low, high = torch.stack(torch.aminmax(input_ids)).tolist()
+    if low < 0 or high >= vocab_size:
+        raise ValueError(message())
 
 
 def check_pixel_input(name: str, pixels) -> None:
@@ -142,9 +165,10 @@ def check_pixel_input(name: str, pixels) -> None:
         )
 
 
-def check_labels(labels, batch: int, length: int, decoder: bool = False) -> None:
+def check_labels(labels, batch: int, length: int, decoder: bool = False, vocab_size: int | None = None) -> None:
     """Labels: integer ids (-100 ignored) of the same (batch, sequence) shape as the inputs (a causal LM) or as the
-    ``decoder_input_ids`` (an encoder-decoder LM, ``decoder=True``)."""
+    ``decoder_input_ids`` (an encoder-decoder LM, ``decoder=True``), and, given ``vocab_size``, inside the vocabulary
+    (one host read: labels come with training steps, never with decode steps)."""
     _require_tensor("labels", labels, "target ids of shape (batch, sequence), -100 where ignored")
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise TypeError(f"labels must hold integer token ids (-100 where ignored), got dtype {labels.dtype}")
@@ -157,6 +181,15 @@ def check_labels(labels, batch: int, length: int, decoder: bool = False) -> None
         raise ValueError(
             f"labels have shape {_shape(labels)} but the {inputs} are ({batch}, {length}); labels need {hint}"
         )
+    if vocab_size is not None and labels.numel() > 0:
+        learned = labels[labels != IGNORE_INDEX]
+        if learned.numel() > 0:
+            low, high = torch.stack(torch.aminmax(learned)).tolist()
+            if low < 0 or high >= vocab_size:
+                raise ValueError(
+                    f"labels hold ids from {low} to {high}, outside the vocabulary [0, {vocab_size}) (-100, and only "
+                    f"-100, marks a position where nothing is learned); build them from the model's tokenizer"
+                )
 
 
 def check_decoder_inputs(

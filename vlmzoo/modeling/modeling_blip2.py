@@ -28,14 +28,16 @@ from transformers.utils.generic import can_return_tuple
 from ..configuration.configuration_blip2 import ZooBlip2Config
 from .blocks import LearnedTokens
 from .encoder_decoder import EncoderDecoderGenerationMixin, EncoderDecoderModelMixin
-from .modeling_base import (
+from .docstrings import (
     KWARGS_DOC,
     LM_HEAD_INPUTS_DOC,
     MM_ENCODER_OUTPUTS_DOC,
+    forward_docstring,
+)
+from .modeling_base import (
     ZooPreTrainedModel,
     ZooVLMForConditionalGeneration,
     ZooVLMModel,
-    forward_docstring,
     given,
 )
 from .outputs import (

@@ -19,12 +19,14 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from ..configuration.configuration_blip2 import ZooInstructBlipConfig
-from .modeling_base import (
+from .docstrings import (
     LM_HEAD_INPUTS_DOC,
     MM_ENCODER_OUTPUTS_DOC,
+    forward_docstring,
+)
+from .modeling_base import (
     ZooPreTrainedModel,
     ZooVLMForConditionalGeneration,
-    forward_docstring,
     given,
 )
 from .modeling_blip2 import (

@@ -27,15 +27,17 @@ from transformers.models.llava_next.modeling_llava_next import (
     unpad_image,
 )
 from .input_checks import check_image_sizes
-from .modeling_base import (
+from .docstrings import (
     KWARGS_DOC,
     LM_HEAD_INPUTS_DOC,
     MM_ENCODER_OUTPUTS_DOC,
     MODEL_INPUTS_DOC,
+    forward_docstring,
+)
+from .modeling_base import (
     ZooPreTrainedModel,
     ZooVLMForConditionalGeneration,
     ZooVLMModel,
-    forward_docstring,
     given,
 )
 from .outputs import ZooVLMCausalLMOutputWithPast, ZooVLMModelOutputWithPast
