@@ -363,6 +363,38 @@ def test_bad_image_sizes_are_refused(case, hostile):
         c.model(**c.with_batch(image_sizes=corrupt(sizes)))
 
 
+def _with_qformer_ids(c: Context, value: int) -> torch.Tensor:
+    ids = c.batch["qformer_input_ids"].clone()
+    ids[0, 0] = value
+    return ids
+
+
+QFORMER_INSTRUCTION_ERRORS = [
+    ("id-beyond-qformer-vocabulary",
+     lambda c: {"qformer_input_ids": _with_qformer_ids(c, c.model.config.qformer_config.vocab_size)}, ValueError,
+     r"qformer_input_ids hold token ids outside the vocabulary \[0, \d+\)"),
+    ("negative-qformer-id", lambda c: {"qformer_input_ids": _with_qformer_ids(c, -3)}, ValueError, "values from -3"),
+    ("qformer-ids-float", lambda c: {"qformer_input_ids": c.batch["qformer_input_ids"].float()}, TypeError,
+     "qformer_input_ids must hold integer token ids"),
+    ("qformer-mask-one-short", lambda c: {"qformer_attention_mask": c.batch["qformer_attention_mask"][:, 1:]},
+     ValueError, r"qformer_attention_mask has shape \(2, \d+\) but qformer_input_ids \(2, \d+\): one entry"),
+    ("instruction-beyond-qformer-positions", lambda c: {
+        "qformer_input_ids": torch.ones(2, c.model.config.qformer_config.max_position_embeddings + 1, dtype=torch.long),
+        "qformer_attention_mask": None,
+    }, ValueError, r"the instruction has \d+ Q-Former tokens, more than the Q-Former's \d+ positions"),
+]
+
+
+@pytest.mark.parametrize("case", _family_declares("qformer_input_ids"), ids=case_id)
+@pytest.mark.parametrize("hostile", QFORMER_INSTRUCTION_ERRORS, ids=_hostile_ids(QFORMER_INSTRUCTION_ERRORS))
+def test_bad_qformer_instructions_are_refused(case, hostile):
+    c = _context(case)
+    _, changes, error, fragment = hostile
+    inputs = {key: value for key, value in c.with_batch(**changes(c)).items() if value is not None}
+    with torch.no_grad(), pytest.raises(error, match=fragment):
+        c.model(**inputs)
+
+
 @pytest.mark.parametrize("case", _family_declares("vision_feature_layer"), ids=case_id)
 def test_per_call_feature_layer_beyond_the_tower_is_refused(case):
     c = _context(case)
@@ -576,3 +608,37 @@ def test_collator_reads_image_paths_like_opened_images(ctx, files):
     assert from_path.keys() == opened.keys()
     for key in opened:
         assert torch.equal(from_path[key], opened[key]), key
+
+
+def test_a_prompt_beyond_learned_positions_is_refused_and_rotary_ones_run(ctx):
+    """A language model with a learned position table refuses a prompt that reaches past it, naming both numbers
+    (it failed inside torch); one with rotary / relative positions runs such a prompt to finite logits."""
+    model = ctx.model
+    text_config = model.config.get_text_config()
+    length = (model.model.position_limit or getattr(text_config, "max_position_embeddings", 512)) + 1
+    ids = torch.full((1, length), ctx.processor.tokenizer.pad_token_id + 0)
+    ids[0, :5] = torch.arange(5, 10)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if model.config.is_encoder_decoder:
+        inputs["decoder_input_ids"] = torch.tensor([[text_config.decoder_start_token_id]])
+    with torch.no_grad():
+        if model.model.position_limit is not None:
+            with pytest.raises(ValueError, match=rf"has {length - 1} learned positions, but this call reaches position {length}"):
+                model(**inputs)
+        else:
+            assert torch.isfinite(model(**inputs).logits).all()
+
+
+@pytest.mark.parametrize("case", [case for case in TINY_CASES if case not in ENCODER_DECODER_CASES], ids=case_id)
+def test_pixels_with_a_cache_from_another_prompt_name_the_cache_not_the_processor(case):
+    """Pixels given on a later step (a cache holding another prompt, new tokens without placeholders): the error says
+    the cache holds tokens and what to do, instead of blaming the processor's image-token count. (An
+    encoder-decoder's cache is its decoder's; its prompt and pixels go to the encoder.)"""
+    c = _context(case)
+    model, batch = c.model, c.batch
+    with torch.no_grad():
+        stale = model(**batch, use_cache=True).cache
+        step = {**batch, "input_ids": batch["input_ids"][:, -1:],
+                "attention_mask": torch.ones(2, batch["input_ids"].shape[1] + 1, dtype=torch.long)}
+        with pytest.raises(ValueError, match=r"The cache already holds \d+ tokens: images go with the call whose new"):
+            model(**step, cache=stale)

@@ -323,6 +323,9 @@ class ZooVLMModel(ZooPreTrainedModel):
         super().__init__(config)
         self.build_components(config)
         self.language_model = self.build_language_model(config.text_config)
+        # a language model with a learned position table (OPT: 2048 positions, tiny presets 512) fails deep inside
+        # torch past its end; the prompt is checked against it (rotary models extrapolate: no limit)
+        self.position_limit = _learned_position_limit(self.language_model, config.text_config)
         self.post_init()
 
     # ----- hooks a family fills in --------------------------------------------------------------------
@@ -408,15 +411,20 @@ class ZooVLMModel(ZooPreTrainedModel):
         num_tokens = mask.sum()
         torch_compilable_check(
             num_tokens * hidden == features.numel(),
-            lambda: (
-                f"{modality.capitalize()} features and {modality} tokens do not match: the text has {int(num_tokens)} "
-                f"{modality} tokens but the {modality}s produce {features.numel() // max(hidden, 1)} embeddings of width "
-                f"{features.shape[-1]} (the language model's width is {hidden}). Build the inputs with the model's "
-                f"processor, which expands each placeholder to the right number of tokens."
-            ),
+            lambda: _count_mismatch_message(modality, int(num_tokens), features, hidden, cache),
         )
         features = features.to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(mask.unsqueeze(-1), features)
+
+    def _check_positions(self, length: int, cache: Cache | None) -> None:
+        """The prompt (after what the cache holds) within the language model's learned position table, if it has one."""
+        past = cache.get_seq_length() if cache is not None else 0
+        if past + length > self.position_limit:
+            raise ValueError(
+                f"the language model has {self.position_limit} learned positions, but this call reaches position "
+                f"{past + length} ({past} cached + {length} new tokens, image tokens included); shorten the prompt or "
+                f"use fewer or smaller images"
+            )
 
     def _check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, cache) -> None:
         """Refuse inputs the model cannot compute, with the cause (``input_checks``; cheap, compile-safe)."""
@@ -427,6 +435,8 @@ class ZooVLMModel(ZooPreTrainedModel):
             input_ids, inputs_embeds, attention_mask, cache is not None, vocab_size, text_config.hidden_size,
             getattr(self.config, "image_token_id", None), position_ids, token_hints=self.token_hints,
         )  # fmt: skip
+        if self.position_limit is not None:
+            self._check_positions((input_ids if input_ids is not None else inputs_embeds).shape[1], cache)
 
     def embed_multimodal(
         self,
@@ -557,6 +567,38 @@ class ZooVLMModel(ZooPreTrainedModel):
             input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, {"pixel_values": pixel_values},
             {}, mm_encoder_outputs, kwargs,
         )  # fmt: skip
+
+
+def _count_mismatch_message(modality: str, num_tokens: int, features: torch.Tensor, hidden: int, cache) -> str:
+    """Why the placeholders and the features disagree, and the fix; a cache that already holds tokens is named (the
+    usual cause then: pixels given again on a later step, or a cache kept from another prompt)."""
+    message = (
+        f"{modality.capitalize()} features and {modality} tokens do not match: the text has {num_tokens} {modality} "
+        f"tokens but the {modality}s produce {features.numel() // max(hidden, 1)} embeddings of width "
+        f"{features.shape[-1]} (the language model's width is {hidden})."
+    )
+    past = cache.get_seq_length() if cache is not None else 0
+    if past > 0:
+        return message + (
+            f" The cache already holds {past} tokens: {modality}s go with the call whose new tokens hold their "
+            f"placeholders (the prompt's first forward); drop pixel_values from later steps, and start a new cache for "
+            f"another prompt instead of reusing this one."
+        )
+    return message + (
+        " Build the inputs with the model's processor, which expands each placeholder to the right number of tokens."
+    )
+
+
+def _learned_position_limit(language_model: nn.Module, text_config: PreTrainedConfig) -> int | None:
+    """``text_config.max_position_embeddings`` when the language model looks positions up in a learned table (an
+    embedding module named for positions, as OPT's ``embed_positions``); ``None`` for rotary / relative positions."""
+    limit = getattr(text_config, "max_position_embeddings", None)
+    if not isinstance(limit, int):
+        return None
+    for name, module in language_model.named_modules():
+        if isinstance(module, nn.Embedding) and "position" in name.rsplit(".", 1)[-1]:
+            return limit
+    return None
 
 
 def given(**inputs) -> dict:

@@ -230,15 +230,14 @@ class ZooBlip2Model(ZooBlip2PreTrainedModel, QFormerModel):
     """BLIP-2's base model, with transformers' ``Blip2Model`` feature API (``get_image_features``: the tower's outputs;
     ``get_qformer_features``; ``get_text_features``)."""
 
-    def get_qformer_features(
-        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **qformer_inputs
-    ) -> BaseModelOutputWithPooling:
-        """The Q-Former's outputs over the images (as transformers' ``Blip2Model.get_qformer_features``):
-        ``last_hidden_state`` is (num_images, num_query_tokens, Q-Former width), before the projector."""
+    def get_qformer_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """The Q-Former's last hidden states over the images, before the projector (as transformers'
+        ``Blip2Model.get_qformer_features``): (num_images, num_query_tokens, Q-Former width)."""
         vision = self.encode_images(pixel_values, interpolate_pos_encoding)
-        outputs, _ = self.run_qformer(vision.last_hidden_state, **qformer_inputs)
-        return outputs
+        _, query_output = self.run_qformer(vision.last_hidden_state)
+        return query_output
 
+    @can_return_tuple
     def get_text_features(
         self,
         input_ids: torch.LongTensor,

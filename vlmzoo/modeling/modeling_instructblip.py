@@ -24,6 +24,7 @@ from .docstrings import (
     MM_ENCODER_OUTPUTS_DOC,
     forward_docstring,
 )
+from .input_checks import check_text_inputs
 from .modeling_base import (
     ZooPreTrainedModel,
     ZooVLMForConditionalGeneration,
@@ -63,6 +64,35 @@ class ZooInstructBlipPreTrainedModel(ZooPreTrainedModel):
     _keep_in_fp32_modules = ["query_tokens"]
 
 
+def check_instruction(qformer_input_ids, qformer_attention_mask, num_images: int, qformer_config) -> None:
+    """The Q-Former's instruction: (num_images, length) integer ids of its own vocabulary, no longer than its position
+    table, with a mask of the same shape (checked when images are encoded: prefill, never a decode step)."""
+    check_text_inputs(
+        qformer_input_ids, None, None, False, qformer_config.vocab_size, 0, None, prefix="qformer_"
+    )  # types, 2-D, non-empty, the Q-Former's vocabulary
+    if qformer_input_ids.shape[0] != num_images:
+        raise ValueError(
+            f"qformer_input_ids must be (num_images, length) with one row per image ({num_images}), got "
+            f"{tuple(qformer_input_ids.shape)}"
+        )
+    positions = qformer_config.max_position_embeddings
+    if qformer_input_ids.shape[1] > positions:
+        raise ValueError(
+            f"the instruction has {qformer_input_ids.shape[1]} Q-Former tokens, more than the Q-Former's {positions} "
+            f"positions (it reads the instruction at absolute positions); shorten the instruction"
+        )
+    if qformer_attention_mask is not None:
+        if not isinstance(qformer_attention_mask, torch.Tensor) or tuple(qformer_attention_mask.shape) != tuple(
+            qformer_input_ids.shape
+        ):
+            shape = getattr(qformer_attention_mask, "shape", type(qformer_attention_mask).__name__)
+            raise ValueError(
+                f"qformer_attention_mask has shape {tuple(shape) if isinstance(shape, torch.Size) else shape} but "
+                f"qformer_input_ids {tuple(qformer_input_ids.shape)}: one entry per instruction token; make both with "
+                f"the same processor call"
+            )
+
+
 class ZooInstructBlipModel(ZooInstructBlipPreTrainedModel, QFormerModel):
     """BLIP-2's layout with an instruction-aware Q-Former."""
 
@@ -77,11 +107,7 @@ class ZooInstructBlipModel(ZooInstructBlipPreTrainedModel, QFormerModel):
                 "InstructBLIP's Q-Former reads the instruction: pass qformer_input_ids (and qformer_attention_mask), "
                 "which the model's processor makes"
             )
-        if qformer_input_ids.dim() != 2 or qformer_input_ids.shape[0] != image_embeds.shape[0]:
-            raise ValueError(
-                f"qformer_input_ids must be (num_images, length) with one row per image ({image_embeds.shape[0]}), "
-                f"got {tuple(qformer_input_ids.shape)}"
-            )
+        check_instruction(qformer_input_ids, qformer_attention_mask, image_embeds.shape[0], self.config.qformer_config)
         image_embeds = image_embeds.to(self.qformer.dtype)
         batch, num_queries = image_embeds.shape[0], self.config.num_query_tokens
         queries = self.query_tokens(batch, like=image_embeds)  # (images, queries, width)
