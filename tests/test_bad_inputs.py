@@ -642,3 +642,17 @@ def test_pixels_with_a_cache_from_another_prompt_name_the_cache_not_the_processo
                 "attention_mask": torch.ones(2, batch["input_ids"].shape[1] + 1, dtype=torch.long)}
         with pytest.raises(ValueError, match=r"The cache already holds \d+ tokens: images go with the call whose new"):
             model(**step, cache=stale)
+
+
+def test_a_checkpoint_opened_with_another_familys_class_names_its_family(ctx, tmp_path):
+    """A checkpoint of one family opened with another family's class: one error naming the checkpoint's model_type
+    and the Auto class that loads it (it used to fail on a training stage the other family lacks)."""
+    ctx.model.save_pretrained(tmp_path)
+    own = ctx.model.config.model_type
+    for family in vlmzoo.FAMILIES:
+        entry = vlmzoo.get_family(family)
+        if entry.config_class.model_type == own:
+            continue
+        with pytest.raises(ValueError, match=rf"this checkpoint is a '{own}' model, not a '{entry.config_class.model_type}'"):
+            entry.for_generation_class.from_pretrained(tmp_path)
+    assert type(AutoModelForImageTextToText.from_pretrained(tmp_path)) is type(ctx.model)

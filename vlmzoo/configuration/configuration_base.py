@@ -178,6 +178,10 @@ def _implementation_for(requested: str | dict | None, key: str, current: str | N
     return requested.get(key, current) if isinstance(requested, dict) else requested
 
 
+# every vlmzoo family's model_type starts so (docs/design.md §2: `vlmzoo_<key>`)
+VLMZOO_MODEL_TYPE_PREFIX = "vlmzoo_"
+
+
 @strict
 class ZooVLMConfig(PreTrainedConfig):
     r"""
@@ -227,6 +231,23 @@ class ZooVLMConfig(PreTrainedConfig):
         if annotation is not None:
             check_field_type(type(self).__name__, name, value, annotation)
         super().__setattr__(key, value)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """transformers' ``from_dict``, refusing another vlmzoo family's config (a checkpoint opened with the wrong
+        class would otherwise fail later on a field it lacks, e.g. a training stage naming the other family's
+        components), with the class that loads it."""
+        stored = config_dict.get("model_type") if isinstance(config_dict, dict) else None
+        if (
+            isinstance(stored, str) and stored.startswith(VLMZOO_MODEL_TYPE_PREFIX) and cls.model_type
+            and stored != cls.model_type
+        ):  # fmt: skip
+            raise ValueError(
+                f"this checkpoint is a '{stored}' model, not a '{cls.model_type}' one ({cls.__name__}); load it with "
+                f"transformers' AutoModelForImageTextToText / AutoConfig (import vlmzoo first), or with the classes of "
+                f"the '{stored}' family"
+            )
+        return super().from_dict(config_dict, **kwargs)
 
     def __post_init__(self, **kwargs):
         read_only = refuse_read_only_keys(type(self), kwargs, ZooVLMConfig)
