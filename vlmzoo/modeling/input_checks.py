@@ -15,7 +15,7 @@ assert on a GPU. They stay cheap and ``torch.compile(fullgraph=True)``-safe:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from transformers.utils import is_tracing, torch_compilable_check
@@ -46,7 +46,7 @@ def check_text_inputs(
     has_cache: bool,
     vocab_size: int,
     hidden_size: int,
-    image_token_id: int | None,
+    image_token_id: int | Callable[[], int | None] | None,
     position_ids: torch.Tensor | None = None,
     prefix: str = "",
     token_hints: Mapping[int, str] | None = None,
@@ -123,7 +123,7 @@ def check_generation_mask(attention_mask, input_ids) -> None:
 
 
 def _check_ids_in_vocabulary(
-    input_ids: torch.Tensor, vocab_size: int, image_token_id: int | None, name: str, token_hints: Mapping[int, str]
+    input_ids: torch.Tensor, vocab_size: int, image_token_id, name: str, token_hints: Mapping[int, str]
 ) -> None:
     def message() -> str:
         text = (
@@ -132,7 +132,8 @@ def _check_ids_in_vocabulary(
         )
         hints = [hint for token, hint in token_hints.items() if bool((input_ids == token).any())]
         if hints:
-            text += "".join(" " + hint.format(image_token_id=image_token_id) for hint in hints)
+            token = image_token_id() if callable(image_token_id) else image_token_id
+            text += "".join(" " + hint.format(image_token_id=token) for hint in hints)
         else:
             text += " Use the model's own tokenizer, or grow the embeddings with model.resize_token_embeddings()."
         return text

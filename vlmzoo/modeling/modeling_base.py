@@ -426,17 +426,25 @@ class ZooVLMModel(ZooPreTrainedModel):
                 f"use fewer or smaller images"
             )
 
-    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, cache) -> None:
-        """Refuse inputs the model cannot compute, with the cause (``input_checks``; cheap, compile-safe)."""
-        # runs on every decode step: read the sub-config directly (get_text_config() costs ~20 us per call)
-        text_config = getattr(self.config, "text_config", None) or self.config.get_text_config()
-        vocab_size = getattr(self.get_input_embeddings(), "num_embeddings", None) or text_config.vocab_size
+    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, embeddings) -> None:
+        """Refuse inputs the model cannot compute, with the cause (``input_checks``; cheap, compile-safe).
+
+        The vocabulary and the width come from the input embeddings themselves (what the ids index, what
+        ``inputs_embeds`` must match): a transformers config read costs ~1 us, so none is made on the way."""
+        text_config = None
+        vocab_size, hidden_size = getattr(embeddings, "num_embeddings", None), getattr(embeddings, "embedding_dim", None)
+        if vocab_size is None or hidden_size is None:
+            text_config = self.config.get_text_config()
+            vocab_size, hidden_size = text_config.vocab_size, text_config.hidden_size
         check_text_inputs(
-            input_ids, inputs_embeds, attention_mask, cache is not None, vocab_size, text_config.hidden_size,
-            getattr(self.config, "image_token_id", None), position_ids, token_hints=self.token_hints,
+            input_ids, inputs_embeds, attention_mask, cache is not None, vocab_size, hidden_size,
+            self._image_token_id_for_messages, position_ids, token_hints=self.token_hints,
         )  # fmt: skip
         if self.position_limit is not None:
             self._check_positions((input_ids if input_ids is not None else inputs_embeds).shape[1], cache)
+
+    def _image_token_id_for_messages(self) -> int | None:
+        return getattr(self.config, "image_token_id", None)
 
     def embed_multimodal(
         self,
@@ -459,7 +467,8 @@ class ZooVLMModel(ZooPreTrainedModel):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if mm_encoder_outputs and any(pixels is not None for pixels in pixel_inputs.values()):
             raise ValueError("pass either pixel_values or pre-computed mm_encoder_outputs, not both")
-        self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, cache)
+        embeddings = self.get_input_embeddings()
+        self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, cache, embeddings)
         # encode the pixels before embedding the text: backward then reaches the (possibly lm_head-tied)
         # embeddings before the encoders, so their gradient is accumulated before the encoders' gradients
         # exist (a lower training peak, as transformers' BLIP-2 orders it)
@@ -471,7 +480,7 @@ class ZooVLMModel(ZooPreTrainedModel):
                 arguments = {name: value for name, value in family_inputs.items() if name in accepted}
                 mm_encoder_outputs[modality] = function(pixels, **arguments, return_dict=True)
         if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
+            inputs_embeds = embeddings(input_ids)
         for modality in self.modality_pixel_inputs:
             inputs_embeds = self._place_features(
                 modality, input_ids, inputs_embeds, mm_encoder_outputs.get(modality), cache

@@ -43,7 +43,13 @@ from .modeling_base import (
 from .outputs import ZooVLMCausalLMOutputWithPast, ZooVLMModelOutputWithPast
 from .blocks import ImageNewline
 from .projectors import build_projector
-from .vision_towers import build_vision_tower, check_tower_views, num_feature_layers, select_vision_features
+from .vision_towers import (
+    build_vision_tower,
+    check_tower_views,
+    floating_dtype,
+    num_feature_layers,
+    select_vision_features,
+)
 
 
 # LLaVA's own inputs, documented in both forwards
@@ -86,6 +92,8 @@ class ZooLlavaModel(ZooLlavaPreTrainedModel, ZooVLMModel):
             **(config.projector_config or {}),
         )
         self.image_newline = ImageNewline(config.text_config.hidden_size) if config.uses_anyres else None
+        # the views the tower was built for, (channels, side): read on every image call, where config reads cost ~1 us
+        self.tower_view = (config.vision_config.num_channels, config.vision_config.image_size)
 
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -136,29 +144,26 @@ class ZooLlavaModel(ZooLlavaPreTrainedModel, ZooVLMModel):
         Fixed resolution: ``pixel_values`` is (num_images, 3, H, W). AnyRes: (num_images, max_views, 3, H, W)
         with ``image_sizes`` (num_images, 2) giving each image's original (height, width).
         """
-        config = self.config
         views, views_per_image, sizes = pixel_values, None, None
-        if config.uses_anyres:
+        anyres = self.image_newline is not None  # AnyRes models have the newline (config.uses_anyres)
+        if anyres:
             views, views_per_image, sizes = self._anyres_views(pixel_values, image_sizes)
-        check_tower_views(views, config.vision_config.num_channels, config.vision_config.image_size)
-        tower_outputs = self.vision_tower(views.to(self.vision_tower.dtype), return_dict=True, **kwargs)
+        check_tower_views(views, *self.tower_view)
+        tower_outputs = self.vision_tower(views.to(floating_dtype(self.vision_tower)), return_dict=True, **kwargs)
         selected = select_vision_features(
             tower_outputs.hidden_states, vision_feature_layer, vision_feature_select_strategy
         )
         features = self.multi_modal_projector(selected)  # (views, tokens, text width)
-        if config.uses_anyres:
+        if anyres:
             per_image = [
                 self._pack_anyres_image(image_views, size)
                 for image_views, size in zip(torch.split(features, views_per_image), sizes)
             ]
         else:
             per_image = list(features)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=tower_outputs.last_hidden_state,
-            pooler_output=per_image,
-            hidden_states=tower_outputs.hidden_states,
-            attentions=tower_outputs.attentions,
-        )
+        # the tower's own output with the per-image embeddings as its pooler_output, as transformers' LLaVA returns
+        tower_outputs.pooler_output = per_image
+        return tower_outputs
 
     def _anyres_views(self, pixel_values: torch.Tensor, image_sizes) -> tuple[torch.Tensor, list[int], list]:
         """The real views of every image, concatenated, with each image's view count and (height, width)."""

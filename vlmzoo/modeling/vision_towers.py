@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedConfig
+from transformers.utils import is_torchdynamo_compiling
 
 from ..configuration.configuration_base import check_feature_layers
 from ..geometry import dropped_tokens, tower_extra_tokens
@@ -44,6 +45,22 @@ from ..registry import Registry
 def build_vision_tower(vision_config: PreTrainedConfig) -> nn.Module:
     """Instantiate the transformers vision model described by ``vision_config``."""
     return AutoModel.from_config(vision_config)
+
+
+def floating_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype a transformers model reports as ``.dtype`` (its first floating-point parameter, module tree in
+    pre-order), read from the modules' own parameter dicts: ``.dtype`` builds a generator chain over every parameter
+    (~4 us per image call, where towers and Q-Formers cast their inputs to it); under compile, ``.dtype`` itself."""
+    if is_torchdynamo_compiling():
+        return module.dtype
+    pending = [module]
+    while pending:
+        current = pending.pop()
+        for parameter in current._parameters.values():
+            if parameter is not None and parameter.is_floating_point():
+                return parameter.dtype
+        pending.extend(child for child in reversed(current._modules.values()) if child is not None)
+    return module.dtype  # no floating-point parameter: as transformers answers
 
 
 def num_feature_layers(feature_layer: int | Sequence[int]) -> int:
