@@ -256,15 +256,33 @@ def _chosen_by_model_type(config, key: str) -> bool:
     return spec is None or spec.config_class is AutoConfig
 
 
-def test_a_sub_config_dict_without_model_type_is_refused_where_the_type_chooses_the_class(case):
+def _default_model_type(config, where: str) -> str | None:
+    key = where.split("[")[0]
+    if key == "vision_configs":
+        spec = type(config).vision_configs_defaults.get(where.split("'")[1])
+    else:
+        spec = type(config).sub_configs_defaults.get(key)
+    return getattr(spec, "model_type", None) if spec is not None else None
+
+
+def test_a_sub_config_dict_without_model_type_is_the_default_kind_only_when_that_kind_reads_every_key(case):
+    """As transformers' own composite configs, a sub-config dict without model_type is the family's default kind,
+    but only when the default reads every key it holds; a dict with keys it does not read (another architecture's)
+    is refused, naming them, instead of being built as the default silently."""
     config = _config(case)
     for where, (sub, override) in _sub_configs(config).items():
         fields = {k: v for k, v in sub.to_dict().items() if k != "model_type"}
         key = where.split("[")[0]
         if where.startswith("vision_configs") or _chosen_by_model_type(config, key):
+            default = _default_model_type(config, where)
+            if default is not None and sub.model_type == default:
+                rebuilt = presets.get_config(*case, **override(fields))
+                rebuilt = rebuilt.vision_configs[where.split("'")[1]] if key == "vision_configs" else getattr(rebuilt, key)
+                assert type(rebuilt) is type(sub) and rebuilt.to_dict() == sub.to_dict(), where
+            foreign = {**fields, "d_kv_of_another_architecture": 8, "rope_of_another_architecture": 2}
             with pytest.raises(ValueError, match=rf"{re.escape(where)} is a dict without a 'model_type'.*add "
                                                  rf"\"model_type\" to the dict"):
-                presets.get_config(*case, **override(fields))
+                presets.get_config(*case, **override(foreign))
         else:  # a fixed class: the dict cannot describe another architecture
             rebuilt = getattr(presets.get_config(*case, **override(fields)), key)
             assert type(rebuilt) is type(sub) and rebuilt.to_dict() == sub.to_dict()

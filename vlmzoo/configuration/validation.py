@@ -78,10 +78,20 @@ def standard_config_keys() -> frozenset[str]:
     return frozenset({*PRE_TRAINED_CONFIG_KEYS, *generation, *properties, *fields})
 
 
+@functools.cache
+def _saved_keys(config_class: type) -> frozenset[str]:
+    """The keys a default ``config_class`` writes into its ``to_dict()`` (attributes set while it is built, e.g. a
+    backbone's ``stage_names``), which it reads back."""
+    try:
+        return frozenset(config_class().to_dict())
+    except Exception:  # a config that cannot be built without arguments: its declared keys only
+        return frozenset()
+
+
 def _known_keys(config_class: type) -> set[str]:
-    """The keys ``config_class`` takes: its fields, ``attribute_map`` aliases and properties."""
+    """The keys ``config_class`` takes: its fields, ``attribute_map`` aliases, properties and what it saves."""
     properties = {name for name in dir(config_class) if _is_property(config_class, name)}
-    return {*config_class.__dataclass_fields__, *config_class.attribute_map, *properties}
+    return {*config_class.__dataclass_fields__, *config_class.attribute_map, *properties, *_saved_keys(config_class)}
 
 
 def closest_key(key: str, candidates, cutoff: float = 0.6) -> str | None:
@@ -207,14 +217,22 @@ def sub_config_from_dict(
             )
         config_class = fixed
     else:
+        default = spec.model_type if spec is not None else None
+        if (not isinstance(model_type, str) or not model_type) and default in CONFIG_MAPPING:
+            # as transformers' own composite configs: a dict without model_type is the family's default kind, but
+            # only when every key is one that kind reads (keys it does not know describe another architecture)
+            foreign = unknown_keys(CONFIG_MAPPING[default], fields)
+            if foreign:
+                raise ValueError(
+                    f"{where} is a dict without a 'model_type', so it would be built as the family's default '{default}', "
+                    f"which does not read its keys {foreign[:8]} (they describe another architecture); add "
+                    f"\"model_type\" to the dict (e.g. {hint}) or pass its PreTrainedConfig"
+                )
+            model_type = default
         if not isinstance(model_type, str) or not model_type:
-            built = (
-                f": it would be built as the family's default '{spec.model_type}' from fields that may describe another "
-                f"architecture" if spec is not None and spec.model_type else ""
-            )
             raise ValueError(
-                f"{where} is a dict without a 'model_type'{built}; add \"model_type\" to the dict (e.g. {hint}) or pass "
-                f"its PreTrainedConfig"
+                f"{where} is a dict without a 'model_type'; add \"model_type\" to the dict (e.g. {hint}) or pass its "
+                f"PreTrainedConfig"
             )
         if model_type not in CONFIG_MAPPING:
             raise ValueError(f"{where} has model_type '{model_type}', which transformers does not know; use e.g. {hint}")
