@@ -314,9 +314,10 @@ class QFormerGenerationMixin(EncoderDecoderGenerationMixin):
             del self.main_input_name
         # the forward has no position_ids (as native), so GenerationMixin would not derive them; a decoder-only LM
         # decodes from the mask's positions, as it does inside transformers' BLIP-2 (its LM's own generate())
+        # (from ids or embeddings alike: with a static cache the mask reaches the LM in 4-D, from which it cannot
+        # derive positions itself)
         if not self.config.is_encoder_decoder and model_kwargs.get("position_ids") is None:
-            if input_name == "input_ids" and model_kwargs.get("attention_mask") is not None:
-                model_kwargs["position_ids"] = self._prepare_position_ids_for_generation(inputs, model_kwargs)
+            model_kwargs["position_ids"] = self._prepare_position_ids_for_generation(inputs, model_kwargs)
         return inputs, input_name, model_kwargs
 
 
