@@ -303,6 +303,9 @@ class ZooVLMModel(ZooPreTrainedModel):
     # out-of-vocabulary token id -> what it means and the fix, added to the vocabulary error (``{image_token_id}``
     # is filled in): ids that prompts made by another code base carry
     token_hints: ClassVar[dict[int, str]] = {}
+    # the attribute of the language model that a text decode step runs, when the language model's own forward only
+    # repackages that module's output (as a native causal-LM head calls its decoder stack directly); None: the model
+    language_model_stack: ClassVar[str | None] = None
     # modality -> the method whose output the forward places at that modality's placeholders (and generate() encodes
     # once before prefill); default `get_<modality>_features`. A family whose `get_image_features` follows a native API
     # with another output (transformers' Blip2Model returns the tower's) names its placement function here
@@ -542,7 +545,10 @@ class ZooVLMModel(ZooPreTrainedModel):
             refuse_decoder_inputs(self.config, kwargs)
         # one token with a cache: the checks read shapes only (no vocabulary, no width)
         check_text_inputs(input_ids, None, attention_mask, True, 0, 0, None, position_ids)
-        return self.language_model(
+        stack = self.language_model
+        if self.language_model_stack is not None:
+            stack = getattr(stack, self.language_model_stack)
+        return stack(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,

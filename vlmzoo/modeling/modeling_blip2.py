@@ -34,6 +34,7 @@ from .docstrings import (
     MM_ENCODER_OUTPUTS_DOC,
     forward_docstring,
 )
+from .vision_towers import floating_dtype
 from .modeling_base import (
     ZooPreTrainedModel,
     ZooVLMForConditionalGeneration,
@@ -113,25 +114,33 @@ class QFormerModel(EncoderDecoderModelMixin, ZooVLMModel):
         )
         self.qformer = self.qformer_class._from_config(config.qformer_config)
         self.multi_modal_projector = nn.Linear(qformer_width, config.text_config.hidden_size)
+        self.tower_side = config.vision_config.image_size  # read on every image call (a config read costs ~1 us)
+
+    def build_language_model(self, text_config):
+        language_model = super().build_language_model(text_config)
+        # transformers' BLIP-2 runs OPT as OPTForCausalLM, whose forward calls the decoder stack directly (OPTModel's
+        # forward only repackages the decoder's output): decode steps run the same stack; the weights stay where they are
+        if text_config.model_type == "opt":
+            self.language_model_stack = "decoder"
+        return language_model
 
     def encode_images(
         self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None, **kwargs
     ) -> BaseModelOutputWithVisionQformerOutputs:
         """Run the vision tower on (num_images, 3, H, W) pixels; ``last_hidden_state`` is (images, patches + 1, width)."""
-        vision = self.config.vision_config
         # BLIP-2's patch embedding is an RGB Conv2d (its config has no num_channels)
         channels = self.vision_tower.embeddings.patch_embedding.in_channels
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4 or pixel_values.shape[1] != channels:
             shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
             raise ValueError(f"pixel_values must be (num_images, {channels}, height, width), got {shape}")
-        side = vision.image_size
+        side = self.tower_side
         if not interpolate_pos_encoding and tuple(pixel_values.shape[-2:]) != (side, side):
             raise ValueError(
                 f"pixel_values must be {side}x{side} images for this vision tower, got {tuple(pixel_values.shape[-2:])}; "
                 f"use the model's processor, or interpolate_pos_encoding=True for other sizes"
             )
         tower = self.vision_tower(
-            pixel_values=pixel_values.to(self.vision_tower.dtype),
+            pixel_values=pixel_values.to(floating_dtype(self.vision_tower)),
             interpolate_pos_encoding=bool(interpolate_pos_encoding),
             return_dict=True,
             **kwargs,
@@ -146,7 +155,7 @@ class QFormerModel(EncoderDecoderModelMixin, ZooVLMModel):
 
     def run_qformer(self, image_embeds: torch.Tensor, **qformer_inputs):
         """The learned queries cross-attend to the image embeddings: output (images, num_query_tokens, width)."""
-        image_embeds = image_embeds.to(self.qformer.dtype)
+        image_embeds = image_embeds.to(floating_dtype(self.qformer))
         image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
         queries = self.query_tokens(image_embeds.shape[0], like=image_embeds)  # (images, queries, width)
         outputs = self.qformer(
@@ -192,7 +201,6 @@ class QFormerModel(EncoderDecoderModelMixin, ZooVLMModel):
         features = self.multi_modal_projector(query_output.to(projector_dtype))  # (images, queries, LM width)
         outputs.pooler_output = list(features)
         return outputs
-
 
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")

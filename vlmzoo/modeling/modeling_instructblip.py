@@ -25,6 +25,7 @@ from .docstrings import (
     forward_docstring,
 )
 from .input_checks import check_text_inputs
+from .vision_towers import floating_dtype
 from .modeling_base import (
     ZooPreTrainedModel,
     ZooVLMForConditionalGeneration,
@@ -108,7 +109,7 @@ class ZooInstructBlipModel(ZooInstructBlipPreTrainedModel, QFormerModel):
                 "which the model's processor makes"
             )
         check_instruction(qformer_input_ids, qformer_attention_mask, image_embeds.shape[0], self.config.qformer_config)
-        image_embeds = image_embeds.to(self.qformer.dtype)
+        image_embeds = image_embeds.to(floating_dtype(self.qformer))
         batch, num_queries = image_embeds.shape[0], self.config.num_query_tokens
         queries = self.query_tokens(batch, like=image_embeds)  # (images, queries, width)
         if qformer_attention_mask is None:
