@@ -448,9 +448,15 @@ def test_generate_decodes_without_checking_each_step_against_the_host(ctx, monke
 
     calls = []
     original = input_checks._check_ids_in_vocabulary
-    monkeypatch.setattr(input_checks, "_check_ids_in_vocabulary", lambda *args: calls.append(args[0].shape) or original(*args))
+    def record(ids, vocab_size, image_token_id, name, *rest):
+        calls.append((name, ids.shape))
+        return original(ids, vocab_size, image_token_id, name, *rest)
+
+    monkeypatch.setattr(input_checks, "_check_ids_in_vocabulary", record)
     ctx.model.generate(**ctx.batch, max_new_tokens=4, min_new_tokens=4, do_sample=False)
-    assert calls == [ctx.batch["input_ids"].shape]
+    # the prompt once (a Q-Former's instruction is checked once too, with the images, at prefill)
+    assert [shape for name, shape in calls if name == "input_ids"] == [ctx.batch["input_ids"].shape]
+    assert all(name in ("input_ids", "qformer_input_ids") for name, _ in calls) and len(calls) <= 2
 
 
 # ----- config ------------------------------------------------------------------------------------------------
