@@ -84,7 +84,7 @@ class DemoArguments:
         metadata={"help": "model family (a vlmzoo.FAMILIES key; default: the family table's first)"},
     )
     preset: str = field(
-        default="tiny", metadata={"help": "the family's offline preset, e.g. tiny, or tiny-t5 for BLIP-2 with Flan-T5"}
+        default="tiny", metadata={"help": "the family's offline preset: tiny, or another tiny-... one it declares"}
     )
     output_dir: str = field(default="./demo_output", metadata={"help": "where the trained model + processor go"})
     seed: int = field(default=0, metadata={"help": "seed of the data, the initial weights and the training order"})

@@ -9,8 +9,8 @@ generation class. With an encoder-decoder LM:
   (``get_encoder()`` returns it, as transformers' BLIP-2 does); ``generate()`` runs it before the first
   decoding step (``_maybe_prepare_encoder_kwargs_for_generation``) and every step then reads
   ``encoder_outputs``;
-- the decoder reads ``decoder_input_ids`` or, with ``labels`` only, the labels shifted right (from the decoder
-  start token, -100 read as padding); without either it starts from its start token (as transformers'
+- the decoder reads ``decoder_input_ids`` or, with ``labels`` only, the labels shifted right by the LM's own
+  ``_shift_right`` (from the decoder start token, -100 read as padding); without either it starts from its start token (as transformers'
   Florence-2);
 - the head reads the decoder states, scaled by ``d_model ** -0.5`` when the text config sets
   ``scale_decoder_outputs`` (T5 with a tied head); the loss compares the logits with the labels unshifted;
@@ -31,19 +31,6 @@ from .outputs import ZooVLMSeq2SeqLMOutput, ZooVLMSeq2SeqModelOutput
 
 # the inputs of an encoder-decoder language model's decoder side
 SEQ2SEQ_INPUT_NAMES = ("decoder_input_ids", "decoder_attention_mask", "decoder_inputs_embeds", "encoder_outputs")
-
-
-def shift_right(labels: torch.Tensor, start_token_id: int, pad_token_id: int) -> torch.Tensor:
-    """The decoder's inputs for ``labels`` (batch, length): the start token, then the labels but the last, with the
-    ignored (-100) positions read as padding."""
-    if start_token_id is None or pad_token_id is None:
-        raise ValueError(
-            "the text config needs decoder_start_token_id and pad_token_id to read labels shifted right; set them "
-            "(T5: both are the pad token, 0)"
-        )
-    shifted = labels.new_full(labels.shape, start_token_id)
-    shifted[:, 1:] = labels[:, :-1]
-    return shifted.masked_fill(shifted == -100, pad_token_id)
 
 
 def refuse_decoder_only_labels(labels: torch.Tensor, input_ids: torch.Tensor | None) -> None:
@@ -155,9 +142,8 @@ class EncoderDecoderGenerationMixin:
             if decoder_ids is None:
                 refuse_decoder_only_labels(labels, model_inputs.get("input_ids"))
             if decoder_ids is None and model_inputs.get("decoder_inputs_embeds") is None:
-                model_inputs["decoder_input_ids"] = shift_right(
-                    labels, text_config.decoder_start_token_id, text_config.pad_token_id
-                )
+                # the LM's own shift (T5 / UMT5: start token first, -100 read as padding)
+                model_inputs["decoder_input_ids"] = self.model.language_model._shift_right(labels)
         outputs = self.model(**model_inputs, return_dict=True, **kwargs)
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
         if getattr(text_config, "scale_decoder_outputs", False):
@@ -203,4 +189,4 @@ class EncoderDecoderGenerationMixin:
         return model_kwargs
 
 
-__all__ = ["EncoderDecoderGenerationMixin", "EncoderDecoderModelMixin", "SEQ2SEQ_INPUT_NAMES", "shift_right"]
+__all__ = ["EncoderDecoderGenerationMixin", "EncoderDecoderModelMixin", "SEQ2SEQ_INPUT_NAMES"]

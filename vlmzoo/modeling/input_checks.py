@@ -183,14 +183,13 @@ def check_labels(labels, batch: int, length: int, decoder: bool = False, vocab_s
             f"labels have shape {_shape(labels)} but the {inputs} are ({batch}, {length}); labels need {hint}"
         )
     if vocab_size is not None and labels.numel() > 0:
-        learned = labels[labels != IGNORE_INDEX]
-        if learned.numel() > 0:
-            low, high = torch.stack(torch.aminmax(learned)).tolist()
-            if low < 0 or high >= vocab_size:
-                raise ValueError(
-                    f"labels hold ids from {low} to {high}, outside the vocabulary [0, {vocab_size}) (-100, and only "
-                    f"-100, marks a position where nothing is learned); build them from the model's tokenizer"
-                )
+        # the ignored positions read as 0, so any other negative label is the minimum (no boolean-index copy)
+        low, high = torch.stack(torch.aminmax(labels.masked_fill(labels == IGNORE_INDEX, 0))).tolist()
+        if low < 0 or high >= vocab_size:
+            raise ValueError(
+                f"labels hold ids from {low} to {high}, outside the vocabulary [0, {vocab_size}) (-100, and only "
+                f"-100, marks a position where nothing is learned); build them from the model's tokenizer"
+            )
 
 
 def check_decoder_inputs(

@@ -24,7 +24,8 @@ logger = logging.get_logger(__name__)
 
 def _deprecated_image_hidden_states(output) -> list[torch.Tensor] | None:
     logger.warning_once(
-        "`image_hidden_states` is deprecated (as in transformers' LLaVA); use `out.image_outputs.pooler_output`, "
+        "`image_hidden_states` is deprecated (as in transformers' own multimodal outputs); use "
+        "`out.image_outputs.pooler_output`, "
         "the per-image list of projected visual embeddings."
     )
     return None if output.image_outputs is None else output.image_outputs.pooler_output
