@@ -169,13 +169,14 @@ class ZooQwen2VLConfig(ZooVLMConfig):
             self.mrope_section = self._default_sections()
         self._check_sections()
         self._check_widths()
+        # the video placeholder is embedded and replaced like the image one (vision start / end are the processor's:
+        # the model never reads them, and transformers' defaults for them lie outside small test vocabularies)
         vocab_size = self.text_config.vocab_size
-        for name in ("video_token_id", "vision_start_token_id", "vision_end_token_id"):
-            value = getattr(self, name)
-            if value is not None and not 0 <= value < vocab_size:
-                raise ValueError(
-                    f"{name}={value} is outside the text vocabulary (vocab_size={vocab_size}); use the tokenizer's id"
-                )
+        if self.video_token_id is not None and not 0 <= self.video_token_id < vocab_size:
+            raise ValueError(
+                f"video_token_id={self.video_token_id} is outside the text vocabulary (vocab_size={vocab_size}); use "
+                f"the tokenizer's <|video_pad|> id"
+            )
 
     def _head_dim(self) -> int:
         text = self.text_config

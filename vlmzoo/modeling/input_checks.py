@@ -99,6 +99,8 @@ def check_text_inputs(
 
 
 def _check_attention_mask(attention_mask, batch: int, length: int, has_cache: bool, name="attention_mask") -> None:
+    if isinstance(attention_mask, dict):
+        return  # the masks generate() pre-builds per layer type for a compiled static cache (transformers' own)
     _require_tensor(name, attention_mask, "1 for tokens to attend to, 0 for padding")
     if attention_mask.dim() != 2:
         return  # 4-D masks are the caller's own (transformers accepts them as given)

@@ -553,7 +553,9 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
             return text_positions
         input_ids = model_kwargs.get("input_ids")
         if input_ids is None or input_ids.shape[1] == 0:
-            input_ids = inputs_tensor
+            # the prompt tensor, when it holds ids (generation from inputs_embeds has none: the hook gets None)
+            is_ids = inputs_tensor.dim() == 2 and not inputs_tensor.is_floating_point()
+            input_ids = inputs_tensor if is_ids else None
         family_inputs = {name: model_kwargs[name] for name in self.model.family_input_names if name in model_kwargs}
         positions = self.model.compute_position_ids(
             input_ids,

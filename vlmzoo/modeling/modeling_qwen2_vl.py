@@ -182,7 +182,9 @@ class ZooQwen2VLModel(ZooQwen2VLPreTrainedModel, ZooVLMModel):
                 input_ids, mm_token_type_ids, image_grid_thw, video_grid_thw, attention_mask
             )
             return positions
-        if self.rope_deltas is not None and (past > 0 or input_ids is None):
+        if self.rope_deltas is not None and (past > 0 or input_ids is None) and (
+            input_ids is not None or inputs_embeds is not None
+        ):
             length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
             deltas = self.rope_deltas
             batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
@@ -252,6 +254,13 @@ class ZooQwen2VLForConditionalGeneration(ZooQwen2VLPreTrainedModel, ZooVLMForCon
     @property
     def visual(self) -> nn.Module:
         return self.model.vision_tower
+
+    def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
+        """A new generation (nothing cached yet) starts without the ``rope_deltas`` of an earlier call."""
+        cache = model_kwargs.get("cache")
+        if cache is None or cache.get_seq_length() == 0:
+            self.model.rope_deltas = None
+        return super()._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
 
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
