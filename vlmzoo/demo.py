@@ -278,7 +278,7 @@ def _run_demo(args: DemoArguments) -> DemoResult:
     started = time.perf_counter()
     set_seed(args.seed)
     model, processor, size_note = build_demo_model(args.family, args.preset)
-    image_size = model.config.vision_config.image_size
+    image_size = model.config.demo_image_size()
     eval_examples = make_examples(args.num_eval, seed=args.seed + 1, image_size=image_size)
     chance = chance_accuracy(eval_examples)
 

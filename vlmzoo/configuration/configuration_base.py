@@ -356,6 +356,11 @@ class ZooVLMConfig(PreTrainedConfig):
         Families override it (docs/adding_a_family.md); the default changes nothing: ``({}, "")``."""
         return {}, ""
 
+    def demo_image_size(self) -> int:
+        """The side of the square synthetic images ``vlmzoo demo`` draws for this family: the primary tower's input
+        size by default; a family whose tower takes any size (native resolution) names one."""
+        return self.vision_config.image_size
+
     def _check_encoder_decoder_lm(self, model_type: str) -> None:
         supported = self.encoder_decoder_language_models
         if model_type not in supported:

@@ -222,6 +222,10 @@ class ZooQwen2VLConfig(ZooVLMConfig):
                 f"gives half the frequencies to rows and half to columns"
             )
 
+    def demo_image_size(self) -> int:
+        """``vlmzoo demo``'s images: 112 px, an 8 x 8 patch grid that merges into 16 tokens (as the other tiny presets)."""
+        return 8 * self.vision_config.patch_size
+
     @property
     def patch_factor(self) -> int:
         """Pixels per side of one merged token (patch_size x spatial_merge_size: 28 for Qwen2-VL)."""
