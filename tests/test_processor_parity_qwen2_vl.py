@@ -295,6 +295,27 @@ def test_processor_with_videos_equals_transformers(tokenizer, sampling):
         assert hook.num_video_tokens == (mine["video_grid_thw"].prod(dim=1) // 4).tolist()
 
 
+def test_frames_in_the_messages_equal_the_direct_call(tokenizer):
+    """apply_chat_template(tokenize=True) reads a video's frames (an array or PIL frames) from its message part."""
+    processor = ZooQwen2VLProcessor(ZooDynamicResolutionImageProcessor(max_pixels=784 * 8), tokenizer)
+    video, image = random_video(5, 30, 40, seed=4), random_image(30, 50, seed=5)
+    direct = processor(videos=[video], images=[image], text=[_prompt(tokenizer, ["video", "image"], "Hi")], return_tensors="pt")
+    for frames in (video, [Image.fromarray(frame) for frame in video]):
+        content = [{"type": "video", "video": frames}, {"type": "image", "image": image}, {"type": "text", "text": "Hi"}]
+        from_messages = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=True,
+                                                      return_dict=True, add_generation_prompt=True, return_tensors="pt")  # fmt: skip
+        _assert_same_encoding(from_messages, direct)
+
+
+def test_saved_transformers_settings_load():
+    """A Qwen2-VL checkpoint's preprocessor_config.json settings, in the spellings transformers has written."""
+    expected = ZooDynamicResolutionImageProcessor(size={"shortest_edge": 3136, "longest_edge": 12845056})
+    for saved in ({"min_pixels": 3136, "max_pixels": 12845056}, {"size": {"min_pixels": 3136, "max_pixels": 12845056}}):
+        loaded = ZooDynamicResolutionImageProcessor.from_dict({**saved, "patch_size": 14, "merge_size": 2,
+                                                               "temporal_patch_size": 2})  # fmt: skip
+        assert loaded.to_dict() == expected.to_dict()
+
+
 # ----- token counts without pixels (the docs' table) -------------------------------------------------------------
 def test_token_count_helper_equals_the_processor(tokenizer):
     assert dynamic_resolution_num_tokens(224, 224) == 64  # 224 = 8 x 28: an 8 x 8 merged grid

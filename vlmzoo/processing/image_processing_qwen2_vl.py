@@ -238,6 +238,10 @@ class ZooDynamicResolutionImageProcessor(ZooImageInputMixin, PilBackend):
 
     def _standardize_kwargs(self, size=None, min_pixels=None, max_pixels=None, **kwargs) -> dict:
         # at construction and on every call: per-call min_pixels / max_pixels override the size's bounds
+        if isinstance(size, Mapping) and {"min_pixels", "max_pixels"} & set(size):
+            # an older saved form, size={"min_pixels": ..., "max_pixels": ...}
+            renamed = {"min_pixels": "shortest_edge", "max_pixels": "longest_edge"}
+            size = {renamed.get(key, key): value for key, value in size.items()}
         if min_pixels is not None or max_pixels is not None:
             size = dict(size) if isinstance(size, (Mapping, SizeDict)) else {}
             size = {key: value for key, value in size.items() if value is not None}
