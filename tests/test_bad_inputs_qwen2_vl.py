@@ -191,3 +191,15 @@ def test_from_model_config_checks_the_token_ids():
         ZooQwen2VLProcessor.from_model_config(_config(image_token_id=7), tokenizer)
     with pytest.raises(ValueError, match=r"config.video_token_id is 9 but the tokenizer's <\|video_pad\|> has id 6"):
         ZooQwen2VLProcessor.from_model_config(_config(video_token_id=9), tokenizer)
+
+
+def test_a_grid_the_merger_cannot_merge_is_refused():
+    from vlmzoo.geometry import merged_grid_tokens
+
+    assert merged_grid_tokens((2, 4, 6), 2) == 12 and merged_grid_tokens((1, 3, 5), 1) == 15
+    with pytest.raises(ValueError, match=r"patch grid \[1, 3, 4\]: h and w must be multiples of merge_size=2"):
+        merged_grid_tokens((1, 3, 4), 2)
+    with pytest.raises(ValueError, match=r"a patch grid is three positive integers \(t, h, w\), got \[0, 2, 2\]"):
+        merged_grid_tokens((0, 2, 2), 2)
+    with pytest.raises(ValueError, match=r"three positive integers"):
+        merged_grid_tokens((2, 2), 2)

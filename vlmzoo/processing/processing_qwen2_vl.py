@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from transformers.processing_utils import MultiModalData
 
+from ..geometry import merged_grid_tokens
 from ..tiny_tokenizer import build_tiny_tokenizer
 from .chat_templates import PART_TYPES, VIDEO_PART, chatml_chat_template
 from .image_processing_qwen2_vl import ZooDynamicResolutionImageProcessor, split_videos
@@ -111,12 +112,12 @@ class ZooQwen2VLProcessor(ZooProcessorMixin):
         return check_positive_int("merge_size", self.image_processor.merge_size if merge is None else merge)
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
-        grid = [int(side) for side in image_inputs["image_grid_thw"][image_idx]]
-        return self.image_token * (grid[0] * grid[1] * grid[2] // self._merge_size(kwargs) ** 2)
+        grid = image_inputs["image_grid_thw"][image_idx].tolist()
+        return self.image_token * merged_grid_tokens(grid, self._merge_size(kwargs))
 
     def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
-        grid = [int(side) for side in video_inputs["video_grid_thw"][video_idx]]
-        return self.video_token * (grid[0] * grid[1] * grid[2] // self._merge_size(kwargs) ** 2)
+        grid = video_inputs["video_grid_thw"][video_idx].tolist()
+        return self.video_token * merged_grid_tokens(grid, self._merge_size(kwargs))
 
     def _process_videos(self, videos, **kwargs):
         processed = self.image_processor.preprocess_videos(videos, **kwargs)
