@@ -32,7 +32,14 @@ from vlmzoo.processing.processing_qwen2_vl import (
     tiny_qwen2_vl_tokenizer,
 )
 
-from _reference_qwen2_vl import ImageOnlyQwen2VLProcessor, random_image, random_video, reference_video, video_capable_reference
+from _reference_qwen2_vl import (
+    ImageOnlyQwen2VLProcessor,
+    ReferenceVideoProcessor,
+    random_image,
+    random_video,
+    reference_video,
+    video_capable_reference,
+)
 
 SIDES = [1, 2, 3, 13, 14, 27, 28, 29, 41, 55, 56, 57, 100, 223, 224, 225, 333, 999, 1000, 4097]
 PIXEL_RANGES = [(56 * 56, 28 * 28 * 1280), (28 * 28, 28 * 28 * 4), (100 * 28 * 28, 16384 * 28 * 28), (1, 28 * 28),
@@ -248,6 +255,20 @@ def test_video_budget_and_sampling_change_the_grid():
     assert per_frame == int(700 * 784 * 0.9) * 2 // 8 and capped[1] * capped[2] * 196 <= per_frame
     sampled = ours(videos=random_video(40, 30, 30), fps=1, video_metadata={"fps": 4})["video_grid_thw"][0]
     assert sampled[0] == 10 // 2  # 40 frames at 4 fps = 10 s; 10 frames at 1 fps = 5 temporal patches
+
+
+def test_the_metadata_names_the_sampled_frames():
+    """return_metadata gives each video's frame indices: those transformers' own sample_frames picks."""
+    from transformers.video_utils import VideoMetadata
+
+    reference = ReferenceVideoProcessor()
+    out = ZooDynamicResolutionImageProcessor()(videos=[random_video(30, 20, 30), random_video(11, 20, 30)], fps=2,
+                                               video_metadata=[{"fps": 10}, {"fps": 3}], return_metadata=True)  # fmt: skip
+    for metadata, (total, rate) in zip(out["video_metadata"], [(30, 10), (11, 3)]):
+        expected = reference.sample_frames(VideoMetadata(total_num_frames=total, fps=rate), fps=2).tolist()
+        assert metadata.frames_indices == expected and metadata.total_num_frames == total and metadata.fps == rate
+        assert (metadata.height, metadata.width) == (20, 30)
+    assert "video_metadata" not in ZooDynamicResolutionImageProcessor()(videos=random_video(2, 20, 30))
 
 
 def test_two_identical_frames_are_the_image():

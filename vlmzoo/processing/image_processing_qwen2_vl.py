@@ -34,6 +34,7 @@ from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs
+from transformers.video_utils import VideoMetadata
 
 from .image_processing_common import VIEW_SETTINGS, ZooImageInputMixin, check_view_settings
 from .image_transforms import (
@@ -69,12 +70,13 @@ class ZooDynamicResolutionImagesKwargs(ImagesKwargs, total=False):
     max_frames: int
     do_sample_frames: bool | None
     video_metadata: Any
+    return_metadata: bool | None
 
 
 # the options only videos read (the image path ignores them)
 VIDEO_OPTIONS = (
     "video_min_pixels", "video_max_pixels", "max_video_tokens", "fps", "num_frames", "min_frames", "max_frames",
-    "do_sample_frames", "video_metadata",
+    "do_sample_frames", "video_metadata", "return_metadata",
 )  # fmt: skip
 
 
@@ -225,6 +227,7 @@ class ZooDynamicResolutionImageProcessor(ZooImageInputMixin, PilBackend):
     min_frames = 4
     max_frames = 768
     do_sample_frames = None
+    return_metadata = False
 
     def __init__(self, **kwargs):
         # min_pixels / max_pixels are the size's bounds (transformers' backward-compatible form): fold them in
@@ -333,9 +336,10 @@ class ZooDynamicResolutionImageProcessor(ZooImageInputMixin, PilBackend):
         min_pixels, max_pixels = check_pixel_range(options["video_min_pixels"], options["video_max_pixels"], factor, "video_")
         videos = split_videos(videos)
         metadata = _per_video_metadata(options["video_metadata"], len(videos))
-        all_patches, grids = [], []
+        all_patches, grids, kept = [], [], []
         for index, (frames, video_metadata) in enumerate(zip(videos, metadata)):
-            frames = self._sampled_frames(frames, video_metadata, options)
+            indices = self._sampled_indices(len(frames), video_metadata, options)
+            frames = [frames[position] for position in indices]
             prepared = [
                 self.process_image(frame, do_convert_rgb=options["do_convert_rgb"], do_rescale=options["do_rescale"],
                                    input_data_format=options["input_data_format"])
@@ -354,18 +358,22 @@ class ZooDynamicResolutionImageProcessor(ZooImageInputMixin, PilBackend):
             )  # (ceil(T / tp) * h * w, C * tp * p * p)
             all_patches.append(patches)
             grids.append(grid)
+            kept.append(VideoMetadata(total_num_frames=len(videos[index]), fps=_source_fps(video_metadata),
+                                      height=prepared[0].shape[-2], width=prepared[0].shape[-1], frames_indices=indices))  # fmt: skip
         data = {
             "pixel_values_videos": np.concatenate(all_patches, axis=0),
             "video_grid_thw": np.array(grids, dtype=np.int64),
         }
-        return BatchFeature(data=data, tensor_type=return_tensors)
+        if options["return_metadata"]:
+            data["video_metadata"] = kept  # per video: its frame count, rate, size and the frames kept
+        return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=["video_metadata"])
 
-    def _sampled_frames(self, frames: list, video_metadata, options: dict) -> list:
+    def _sampled_indices(self, total_frames: int, video_metadata, options: dict) -> list[int]:
         fps, num_frames, do_sample = options["fps"], options["num_frames"], options["do_sample_frames"]
         if do_sample is False or (do_sample is None and fps is None and num_frames is None):
-            return frames
-        indices = sample_frame_indices(
-            len(frames),
+            return list(range(total_frames))
+        return sample_frame_indices(
+            total_frames,
             source_fps=_source_fps(video_metadata),
             fps=fps,
             num_frames=num_frames,
@@ -373,7 +381,6 @@ class ZooDynamicResolutionImageProcessor(ZooImageInputMixin, PilBackend):
             max_frames=check_positive_int("max_frames", options["max_frames"]),
             temporal_patch_size=options["temporal_patch_size"],
         )
-        return [frames[index] for index in indices]
 
     # ----- counts without pixels ----------------------------------------------------------------------------
     def get_number_of_image_patches(self, height: int, width: int, images_kwargs: dict | None = None) -> int:
