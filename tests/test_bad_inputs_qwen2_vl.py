@@ -54,6 +54,7 @@ SETTING_ERRORS = [
     ("min-above-max", {"min_pixels": 784 * 10, "max_pixels": 784 * 5}, ValueError, r"min_pixels \(7840\) is larger than max_pixels \(3920\)"),
     ("size-min-above-max", {"size": {"shortest_edge": 9000, "longest_edge": 800}}, ValueError, r"is larger than max_pixels"),
     ("size-with-height", {"size": {"height": 224, "width": 224}}, ValueError, r"size must be \{'shortest_edge': min_pixels, 'longest_edge': max_pixels\}"),
+    ("size-a-side-length", {"size": 224}, ValueError, r"size must be .* \(pixel counts, not a side length\), got 224"),
     ("size-one-bound", {"size": {"shortest_edge": 3136}}, ValueError, r"size must be \{'shortest_edge'"),
     ("max-below-one-block", {"min_pixels": 100, "max_pixels": 500}, ValueError, r"max_pixels \(500\) is below one 28x28 block"),
     ("zero-patch-size", {"patch_size": 0}, ValueError, r"patch_size must be positive, got 0"),

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as reference_smart_resize
@@ -101,6 +103,23 @@ def test_image_processor_equals_transformers(setting):
     grids = out["image_grid_thw"]
     assert grids.shape == (len(IMAGES), 3) and (grids[:, 0] == 1).all()
     assert out["pixel_values"].shape[0] == int(grids.prod(dim=1).sum())
+
+
+sides = st.one_of(st.integers(1, 30), st.integers(31, 420))
+pixel_settings = st.sampled_from([{}, SETTINGS["small-range"], SETTINGS["size-form"], SETTINGS["patch-16"],
+                                  SETTINGS["merge-1"], {"min_pixels": 784 * 30, "max_pixels": 784 * 60}])  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(height=sides, width=sides, options=pixel_settings, mode=st.sampled_from(["RGB", "L", "RGBA", "P"]))
+def test_image_processor_equals_transformers_on_generated_sizes(height, width, options, mode):
+    image = random_image(height, width, mode, seed=height * 1000 + width)
+    ours, theirs = ZooDynamicResolutionImageProcessor(**options), Qwen2VLImageProcessorPil(**options)
+    if max(height, width) / min(height, width) > 200:
+        with pytest.raises(ValueError, match="aspect ratio"):
+            ours([image])
+        return
+    _assert_same_images(ours, theirs, [image])
 
 
 def test_array_and_tensor_images_equal_transformers():

@@ -232,11 +232,10 @@ class ZooDynamicResolutionImageProcessor(ZooImageInputMixin, PilBackend):
     def __init__(self, **kwargs):
         # min_pixels / max_pixels are the size's bounds (transformers' backward-compatible form): fold them in
         size = kwargs.pop("size", None)
-        size = dict(self.size) if size is None else dict(size)
-        if (min_pixels := kwargs.pop("min_pixels", None)) is not None:
-            size["shortest_edge"] = min_pixels
-        if (max_pixels := kwargs.pop("max_pixels", None)) is not None:
-            size["longest_edge"] = max_pixels
+        size = dict(self.size) if size is None else dict(size) if isinstance(size, (Mapping, SizeDict)) else size
+        bounds = {"shortest_edge": kwargs.pop("min_pixels", None), "longest_edge": kwargs.pop("max_pixels", None)}
+        if isinstance(size, dict):  # (a size of another form is refused by _standardize_kwargs, naming the form)
+            size.update({key: value for key, value in bounds.items() if value is not None})
         super().__init__(size=size, **kwargs)
 
     def _standardize_kwargs(self, size=None, min_pixels=None, max_pixels=None, **kwargs) -> dict:
@@ -252,6 +251,11 @@ class ZooDynamicResolutionImageProcessor(ZooImageInputMixin, PilBackend):
                 size["shortest_edge"] = min_pixels
             if max_pixels is not None:
                 size["longest_edge"] = max_pixels
+        if size is not None and not isinstance(size, (Mapping, SizeDict)):
+            raise ValueError(
+                f"size must be {{'shortest_edge': min_pixels, 'longest_edge': max_pixels}} (pixel counts, not a side "
+                f"length), got {size!r}"
+            )
         if isinstance(size, Mapping) and not isinstance(size, SizeDict):
             unknown = sorted(set(size) - {"shortest_edge", "longest_edge"})
             if unknown or not {"shortest_edge", "longest_edge"} <= set(size):
