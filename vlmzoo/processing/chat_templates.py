@@ -4,14 +4,18 @@
 LLaVA's ``vicuna_v1`` conversation: an optional system prompt, then ``USER: …`` and ``ASSISTANT: …`` turns,
 images written as ``<image>\\n`` where the message puts them. Assistant replies (with the end-of-sequence
 token) sit inside ``{% generation %}`` so that ``return_assistant_tokens_mask`` gives training labels.
-The tiny presets use the same style with newline-separated turns and no default system prompt.
+The tiny presets use the same style with newline-separated turns and no default system prompt. ChatML
+(:func:`chatml_chat_template`: ``<|im_start|>role\\n…<|im_end|>`` turns, Qwen2-VL's format) writes a configurable
+placeholder per image and per video part.
 
 :func:`check_conversation` is the one conversation check (``ZooProcessorMixin.apply_chat_template`` and the
 training collator run it before anything is rendered): a turn without a role, an unknown role (``assistent``),
 content that is a dict, a nested list or ``None``, parts keyed ``content`` instead of ``text`` or of an unknown type
 would otherwise render as a user turn or drop the question (``"USER: \\nASSISTANT:"``). Every error names the turn
 (and part) and the fix. The templates built here refuse the same inputs themselves (``raise_exception``), for
-callers that render them without a processor (``tokenizer.apply_chat_template``, serving engines).
+callers that render them without a processor (``tokenizer.apply_chat_template``, serving engines); which part types
+a conversation may hold is the processor's (``part_types``: text and images by default, videos where its template
+writes them).
 """
 
 from __future__ import annotations
