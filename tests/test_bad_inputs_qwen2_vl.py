@@ -60,6 +60,8 @@ SETTING_ERRORS = [
     ("zero-patch-size", {"patch_size": 0}, ValueError, r"patch_size must be positive, got 0"),
     ("float-merge-size", {"merge_size": 2.0}, TypeError, r"merge_size must be an integer"),
     ("zero-std", {"image_std": [0.2, 0.0, 0.2]}, ValueError, r"image_std must be positive"),
+    ("nan-mean", {"image_mean": [0.5, float("nan"), 0.5]}, ValueError, r"image_mean must be finite"),
+    ("resample-typo", {"resample": "bicubik"}, ValueError, r"unknown resample 'bicubik' \(did you mean 'bicubic'\?\)"),
 ]  # fmt: skip
 
 
@@ -70,6 +72,17 @@ def test_impossible_image_settings_are_refused_at_construction_and_per_call(host
         ZooDynamicResolutionImageProcessor(**settings)
     with pytest.raises(error, match=fragment):
         ZooDynamicResolutionImageProcessor()([random_image(30, 30)], **settings)
+
+
+def test_a_resample_name_acts_as_its_filter_on_images_and_videos():
+    image, video = random_image(40, 70, seed=3), random_video(2, 40, 70, seed=3)
+    named, member = ZooDynamicResolutionImageProcessor(resample="nearest"), ZooDynamicResolutionImageProcessor(resample=0)
+    assert torch.equal(named([image], return_tensors="pt")["pixel_values"], member([image], return_tensors="pt")["pixel_values"])
+    bicubic = ZooDynamicResolutionImageProcessor()(videos=video, return_tensors="pt")["pixel_values_videos"]
+    nearest = named(videos=video, return_tensors="pt")["pixel_values_videos"]
+    assert not torch.equal(bicubic, nearest)
+    assert torch.equal(ZooDynamicResolutionImageProcessor()(videos=video, resample="nearest", return_tensors="pt")[
+        "pixel_values_videos"], nearest)  # fmt: skip
 
 
 def test_images_that_cannot_be_resized_are_named():
