@@ -89,8 +89,8 @@ CHAT_ERRORS: list[tuple[str, Any, type, str, str | None]] = [
      TEXT),
     ("part-type-typo", [_user(IMAGE, {"type": "txt", "text": "What is it?"})], ValueError,
      r"turn 0, part 1 has the unknown type 'txt' \(did you mean 'text'\?\); valid part types: text, image", PART),
-    ("part-video", [_user({"type": "video", "path": "clip.mp4"}, QUESTION)], ValueError,
-     r"turn 0, part 0 has the unknown type 'video'", PART),
+    ("part-audio", [_user({"type": "audio", "path": "clip.wav"}, QUESTION)], ValueError,
+     r"turn 0, part 0 has the unknown type 'audio'", PART),
     ("part-without-type", [_user(IMAGE, {"text": "What is it?"})], TypeError, r"turn 0, part 1 has no 'type'", PART),
     ("part-a-plain-string", [_user("What is it?")], TypeError,
      r"turn 0, part 0 is a plain string; write it as \{'type': 'text', 'text': 'What is it\?'\}", PART),
@@ -120,6 +120,19 @@ def test_processor_refuses_malformed_conversations(processor, hostile):
     with pytest.raises(error, match=fragment):  # checked before any image is read
         processor.apply_chat_template(copy.deepcopy(conversation), add_generation_prompt=True, tokenize=True,
                                       return_dict=True)  # fmt: skip
+
+
+def test_a_processor_without_videos_refuses_video_parts(processor):
+    """Video parts pass only where the processor's chat template writes them (its ``chat_part_types``)."""
+    conversation = [_user({"type": "video", "path": "clip.mp4"}, QUESTION)]
+    if "video" in processor.chat_part_types:
+        assert processor.apply_chat_template(copy.deepcopy(conversation), add_generation_prompt=True)
+        return
+    with pytest.raises(ValueError, match=r"turn 0, part 0 has the unknown type 'video'"):
+        processor.apply_chat_template(copy.deepcopy(conversation), add_generation_prompt=True)
+    with pytest.raises(jinja2.exceptions.TemplateError, match=PART):
+        processor.tokenizer.apply_chat_template(copy.deepcopy(conversation), chat_template=processor.chat_template,
+                                                tokenize=False, add_generation_prompt=True)  # fmt: skip
 
 
 def test_a_batch_of_conversations_names_the_conversation(processor):

@@ -8,6 +8,7 @@ encoder-decoder language models a family takes are its config's (``encoder_decod
 
 from __future__ import annotations
 
+import jinja2
 import pytest
 import torch
 
@@ -135,6 +136,42 @@ def test_instructblip_declares_its_qformer_tokenizer():
     assert vlmzoo.ZooBlip2Processor.extra_tokenizers == {} and vlmzoo.ZooLlavaProcessor.extra_tokenizers == {}
     processor = presets.get_processor("instructblip", "tiny")
     assert processor.qformer_tokenizer.padding_side == "right" and processor.tokenizer.padding_side == "left"
+
+
+@pytest.mark.parametrize("family", FAMILY_KEYS)
+def test_the_main_tiny_tokenizer_is_built_with_the_processor_class_options(family):
+    processor_class = vlmzoo.get_family(family).processor_class
+    processor = presets.get_processor(family, "tiny")
+    expected = build_tiny_tokenizer(**processor_class.tiny_tokenizer_options)
+    assert processor.tokenizer.get_vocab() == expected.get_vocab()
+    assert processor.tokenizer.all_special_tokens == expected.all_special_tokens
+    assert "tiny_tokenizer_options" not in processor.to_dict() and "chat_part_types" not in processor.to_dict()
+
+
+def test_the_tiny_tokenizer_takes_a_family_special_tokens():
+    tokenizer = build_tiny_tokenizer(special_tokens=("<pad>", "<|start|>", "<|end|>", "<|pic|>"),
+                                     named_tokens={"image_token": "<|pic|>"}, bos_token=None, eos_token="<|end|>",
+                                     chat_template="{{ messages[0]['content'] }}")  # fmt: skip
+    assert [tokenizer.convert_tokens_to_ids(t) for t in ("<pad>", "<|start|>", "<|end|>", "<|pic|>")] == [0, 1, 2, 3]
+    assert tokenizer.image_token == "<|pic|>" and tokenizer.eos_token_id == 2 and tokenizer.bos_token is None
+    assert tokenizer.encode("a <|pic|> b").count(3) == 1
+    assert build_tiny_tokenizer().convert_tokens_to_ids("<image>") == 3  # the default keeps its ids
+    with pytest.raises(ValueError, match=r"lacks \['<\|pic\|>'\]"):
+        build_tiny_tokenizer(special_tokens=("<pad>", "<s>", "</s>"), named_tokens={"image_token": "<|pic|>"})
+
+
+def test_chat_part_types_decide_which_parts_the_conversation_check_takes(monkeypatch):
+    from vlmzoo.processing.chat_templates import PART_TYPES
+
+    assert ZooProcessorMixin.chat_part_types == PART_TYPES and "video" not in PART_TYPES
+    processor = presets.get_processor("llava", "tiny")
+    video = [{"role": "user", "content": [{"type": "video", "path": "clip.mp4"}, {"type": "text", "text": "Hi"}]}]
+    with pytest.raises(ValueError, match=r"unknown type 'video'"):
+        processor.apply_chat_template(video)
+    monkeypatch.setattr(type(processor), "chat_part_types", PART_TYPES + ("video",))
+    # the check lets it through; the LLaVA template's own guard (for text and image parts) still refuses it
+    with pytest.raises(jinja2.exceptions.TemplateError, match=r"turn 0, part 0: a part is"):
+        processor.apply_chat_template(video)
 
 
 def test_the_converter_reads_each_extra_tokenizer_from_its_folder(tmp_path):

@@ -10,6 +10,8 @@ processors never import models. Nothing here imports torch or vlmzoo.modeling; n
 - Grids: LLaVA-NeXT's AnyRes (Liu et al. 2024): the pinpoint an image is fitted to (transformers'
   ``select_best_resolution``: most effective pixels, then least waste), its tile grid, the un-padded region
   of the feature map ("spatial unpad") and the token count of one image.
+- Naive dynamic resolution (Qwen2-VL): the LLM tokens of a (t, h, w) patch grid after the m x m patch merger
+  (:func:`merged_grid_tokens`); the resize that makes the grid is ``processing.image_transforms.smart_resize``.
 - Projectors: what every projector of ``vlmzoo.modeling.projectors.PROJECTORS`` does to the token count, and
   which options it takes (``PROJECTOR_TOKENS``, same keys; ``projectors.py`` checks at import that both agree).
 """
@@ -82,6 +84,20 @@ def tower_extra_tokens(vision_config: PreTrainedConfig) -> int:
 def tokens_per_view(height: int, width: int, patch_size: int, extra_tokens: int, select_strategy: str) -> int:
     """Visual tokens of one (height, width) view after feature selection (LLaVA's count)."""
     return (height // patch_size) * (width // patch_size) + extra_tokens - dropped_tokens(select_strategy)
+
+
+# ----- grids: naive dynamic resolution (Qwen2-VL) -------------------------------------------------------
+def merged_grid_tokens(grid_thw: Sequence[int], merge_size: int) -> int:
+    """LLM tokens of one image or video whose patch grid is ``grid_thw`` = (t, h, w) (a row of ``image_grid_thw`` /
+    ``video_grid_thw``) after the ``merge_size`` x ``merge_size`` patch merger: ``t * h * w / merge_size**2``.
+    ``ValueError`` unless it is three positive integers with h and w multiples of ``merge_size``."""
+    sides = [int(side) for side in grid_thw]
+    if len(sides) != 3 or min(sides) <= 0 or any(side != value for side, value in zip(sides, grid_thw)):
+        raise ValueError(f"a patch grid is three positive integers (t, h, w), got {list(grid_thw)}")
+    t, h, w = sides
+    if h % merge_size or w % merge_size:
+        raise ValueError(f"patch grid {sides}: h and w must be multiples of merge_size={merge_size}")
+    return t * h * w // (merge_size * merge_size)
 
 
 # ----- grids: AnyRes (LLaVA-NeXT) ---------------------------------------------------------------------

@@ -71,14 +71,16 @@ def get_config(family: str, preset: str = "tiny", **overrides):
 
 
 def get_processor(family: str, preset: str = "tiny", config=None):
-    """Processor matching ``get_config(family, preset)`` (or ``config``): the tiny tokenizer, one tiny tokenizer
-    per entry of the processor class's ``extra_tokenizers`` (with its options), the config's image processor."""
+    """Processor matching ``get_config(family, preset)`` (or ``config``): the tiny tokenizer (with the processor
+    class's ``tiny_tokenizer_options``), one tiny tokenizer per entry of its ``extra_tokenizers`` (with its options),
+    the config's image processor."""
     from .auto import get_family
 
     config = config if config is not None else get_config(family, preset)
     processor_class = get_family(family).processor_class
     extras = {name: build_tiny_tokenizer(**options) for name, options in processor_class.extra_tokenizers.items()}
-    return processor_class.from_model_config(config, build_tiny_tokenizer(), **extras)
+    tokenizer = build_tiny_tokenizer(**processor_class.tiny_tokenizer_options)
+    return processor_class.from_model_config(config, tokenizer, **extras)
 
 
 __all__ = ["PRESETS", "build_tiny_tokenizer", "get_config", "get_processor", "preset_names", "register_preset"]

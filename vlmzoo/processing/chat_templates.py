@@ -4,14 +4,18 @@
 LLaVA's ``vicuna_v1`` conversation: an optional system prompt, then ``USER: …`` and ``ASSISTANT: …`` turns,
 images written as ``<image>\\n`` where the message puts them. Assistant replies (with the end-of-sequence
 token) sit inside ``{% generation %}`` so that ``return_assistant_tokens_mask`` gives training labels.
-The tiny presets use the same style with newline-separated turns and no default system prompt.
+The tiny presets use the same style with newline-separated turns and no default system prompt. ChatML
+(:func:`chatml_chat_template`: ``<|im_start|>role\\n…<|im_end|>`` turns, Qwen2-VL's format) writes a configurable
+placeholder per image and per video part.
 
 :func:`check_conversation` is the one conversation check (``ZooProcessorMixin.apply_chat_template`` and the
 training collator run it before anything is rendered): a turn without a role, an unknown role (``assistent``),
 content that is a dict, a nested list or ``None``, parts keyed ``content`` instead of ``text`` or of an unknown type
 would otherwise render as a user turn or drop the question (``"USER: \\nASSISTANT:"``). Every error names the turn
 (and part) and the fix. The templates built here refuse the same inputs themselves (``raise_exception``), for
-callers that render them without a processor (``tokenizer.apply_chat_template``, serving engines).
+callers that render them without a processor (``tokenizer.apply_chat_template``, serving engines); which part types
+a conversation may hold is the processor's (``part_types``: text and images by default, videos where its template
+writes them).
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ VICUNA_V1_SYSTEM = (
 # turned into ``image`` parts by transformers' processor before rendering)
 CHAT_ROLES = ("system", "user", "assistant")
 PART_TYPES = ("text", "image", "image_url")
-# where an image part keeps its image (as transformers' apply_chat_template reads it)
+# where an image part keeps its image (as transformers' apply_chat_template reads it), and a video part its video
 IMAGE_PART_KEYS = ("image", "url", "path", "base64")
+VIDEO_PART_KEYS = ("video", "url", "path")
+# the part type a processor that takes videos adds to PART_TYPES (its ``chat_part_types``)
+VIDEO_PART = "video"
 _PART_EXAMPLE = "{'type': 'text', 'text': ...} or {'type': 'image', 'image': ...}"
 
 
@@ -77,7 +84,9 @@ def check_conversation_list(messages: Any, where: str = "") -> None:
             raise TypeError(f"{prefix}: a chat turn is a dict with 'role' and 'content', got {_short(message)}")
 
 
-def check_conversation(messages: Any, where: str = "", need_images: bool = False) -> None:
+def check_conversation(
+    messages: Any, where: str = "", need_images: bool = False, part_types: Sequence[str] = PART_TYPES
+) -> None:
     """Refuse a conversation the chat templates would render wrongly, naming the turn, the part and the fix.
 
     ``messages``: a list of ``{"role": ..., "content": ...}`` dicts; ``content`` is a string or a flat list of
@@ -85,6 +94,8 @@ def check_conversation(messages: Any, where: str = "", need_images: bool = False
     ``system`` (first turn only), ``user`` and ``assistant``; images go in user turns. ``where``: what to call the
     conversation in messages (``"example 3"``, ``"conversation 1"``; empty for a single one). ``need_images``: each
     image part must hold its image (when the images are read from the messages, e.g. ``tokenize=True``).
+    ``part_types``: the part types the processor's template writes (``PART_TYPES``; a processor that takes videos
+    adds ``"video"``, a part holding one of ``VIDEO_PART_KEYS``).
     ``TypeError`` for a wrong kind of value or a missing key, ``ValueError`` for a value that is not allowed.
     """
     check_conversation_list(messages, where)
@@ -93,7 +104,7 @@ def check_conversation(messages: Any, where: str = "", need_images: bool = False
         role = _check_role(message, turn, prefix)
         content = message.get("content") if isinstance(message, Mapping) else getattr(message, "content", None)
         for index, part in enumerate(_check_content(content, prefix)):
-            _check_part(part, role, f"{prefix}, part {index}", need_images)
+            _check_part(part, role, f"{prefix}, part {index}", need_images, part_types)
 
 
 def _check_role(message: Any, turn: int, prefix: str) -> str:
@@ -139,7 +150,7 @@ def _check_content(content: Any, prefix: str) -> Sequence:
     return content
 
 
-def _check_part(part: Any, role: str, prefix: str, need_images: bool) -> None:
+def _check_part(part: Any, role: str, prefix: str, need_images: bool, part_types: Sequence[str] = PART_TYPES) -> None:
     if isinstance(part, (list, tuple)):
         raise TypeError(f"{prefix} is a list, but 'content' is one flat list of parts; remove the inner brackets")
     if isinstance(part, str):
@@ -149,10 +160,10 @@ def _check_part(part: Any, role: str, prefix: str, need_images: bool) -> None:
     kind = part.get("type")
     if kind is None:
         raise TypeError(f"{prefix} has no 'type' (keys: {sorted(part)}); write {_PART_EXAMPLE}")
-    if kind not in PART_TYPES:
+    if kind not in part_types:
         raise ValueError(
-            f"{prefix} has the unknown type {kind!r}{_did_you_mean(str(kind), PART_TYPES)}; valid part types: "
-            f"{', '.join(PART_TYPES)}"
+            f"{prefix} has the unknown type {kind!r}{_did_you_mean(str(kind), part_types)}; valid part types: "
+            f"{', '.join(part_types)}"
         )
     if kind == "text":
         if "text" not in part:
@@ -164,9 +175,10 @@ def _check_part(part: Any, role: str, prefix: str, need_images: bool) -> None:
             raise TypeError(f"{prefix}: 'text' must be a string, got {_short(part['text'])}")
         return
     if role != "user":
+        media = "video" if kind == VIDEO_PART else "image"
         raise ValueError(
-            f"{prefix} is an image in a turn of role {role!r}, but the chat template writes images in user turns only; "
-            f"move the image to a user turn"
+            f"{prefix} is {'a' if media == 'video' else 'an'} {media} in a turn of role {role!r}, but the chat template "
+            f"writes {media}s in user turns only; move the {media} to a user turn"
         )
     if need_images:
         _check_image_source(part, kind, prefix)
@@ -179,43 +191,55 @@ def _check_image_source(part: Mapping, kind: str, prefix: str) -> None:
         if not isinstance(url, str) or not url:
             raise ValueError(f"{prefix}: an image_url part needs {{'image_url': {{'url': ...}}}}, got {_short(source)}")
         return
-    given = [key for key in IMAGE_PART_KEYS if part.get(key) is not None and not _is_empty_text(part.get(key))]
+    media, keys = ("video", VIDEO_PART_KEYS) if kind == VIDEO_PART else ("image", IMAGE_PART_KEYS)
+    given = [key for key in keys if part.get(key) is not None and not _is_empty_text(part.get(key))]
     if not given:
         raise ValueError(
-            f"{prefix}: an image part holds no image; give it one of {', '.join(repr(key) for key in IMAGE_PART_KEYS)}"
+            f"{prefix}: an {media} part holds no {media}; give it one of {', '.join(repr(key) for key in keys)}"
         )
     if len(given) > 1:
         raise ValueError(
-            f"{prefix}: an image part holds {len(given)} images ({', '.join(given)}); give each image its own part"
+            f"{prefix}: an {media} part holds {len(given)} {media}s ({', '.join(given)}); give each {media} its own part"
         )
-
-
-# Jinja that refuses (transformers' ``raise_exception``) what the templates built here would render wrongly: the same
-# rules as ``check_conversation``, for callers that render a template without a processor; nothing is written
-CONVERSATION_GUARD = (
-    "{%- if not messages -%}{{- raise_exception('the conversation is empty; give at least one turn') -}}{%- endif -%}"
-    "{%- for message in messages -%}{%- set turn = 'turn ' ~ loop.index0 -%}"
-    "{%- if message is not mapping or message['role'] not in ['system', 'user', 'assistant'] -%}"
-    "{{- raise_exception(turn ~ ': unknown or missing role; every turn needs a role: system, user or assistant') -}}"
-    "{%- elif message['role'] == 'system' and not loop.first -%}"
-    "{{- raise_exception(turn ~ ': a system message must be the first turn') -}}"
-    "{%- elif message['content'] is not defined or message['content'] is none or message['content'] is mapping"
-    " or (message['content'] is not string and message['content'] is not iterable) -%}"
-    "{{- raise_exception(turn ~ ': content must be a string or a list of parts') -}}"
-    "{%- elif message['content'] is not string -%}{%- for part in message['content'] -%}"
-    "{%- set where = turn ~ ', part ' ~ loop.index0 -%}"
-    "{%- if part is not mapping or part['type'] not in ['text', 'image'] -%}"
-    "{{- raise_exception(where ~ ': a part is {\"type\": \"text\", \"text\": ...} or {\"type\": \"image\"}') -}}"
-    "{%- elif part['type'] == 'text' and part['text'] is not string -%}"
-    "{{- raise_exception(where ~ ': a text part needs a string under \"text\"') -}}"
-    "{%- elif part['type'] == 'image' and message['role'] != 'user' -%}"
-    "{{- raise_exception(where ~ ': images go in user turns only') -}}"
-    "{%- endif -%}{%- endfor -%}{%- endif -%}{%- endfor -%}"
-)
 
 
 def _jinja_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+# Jinja that refuses (transformers' ``raise_exception``) what the templates built here would render wrongly: the same
+# rules as ``check_conversation``, for callers that render a template without a processor; nothing is written
+def conversation_guard(part_types: Sequence[str] = ("text", "image")) -> str:
+    """The guard for a template whose parts are ``part_types`` (``"text"`` and media types; media in user turns)."""
+    media = [kind for kind in part_types if kind != "text"]
+    listed = ", ".join('{"type": "' + kind + '"}' for kind in media)
+    example = '{"type": "text", "text": ...} or ' + listed if len(media) < 2 else '{"type": "text", "text": ...}, ' + listed
+    allowed = "[" + ", ".join(_jinja_string(kind) for kind in part_types) + "]"
+    in_user_turns = ": images go in user turns only" + "".join(f", {kind}s too" for kind in media if kind != "image")
+    is_media = "part['type'] == 'image'" if media == ["image"] else "part['type'] != 'text'"
+    return (
+        "{%- if not messages -%}{{- raise_exception('the conversation is empty; give at least one turn') -}}{%- endif -%}"
+        "{%- for message in messages -%}{%- set turn = 'turn ' ~ loop.index0 -%}"
+        "{%- if message is not mapping or message['role'] not in ['system', 'user', 'assistant'] -%}"
+        "{{- raise_exception(turn ~ ': unknown or missing role; every turn needs a role: system, user or assistant') -}}"
+        "{%- elif message['role'] == 'system' and not loop.first -%}"
+        "{{- raise_exception(turn ~ ': a system message must be the first turn') -}}"
+        "{%- elif message['content'] is not defined or message['content'] is none or message['content'] is mapping"
+        " or (message['content'] is not string and message['content'] is not iterable) -%}"
+        "{{- raise_exception(turn ~ ': content must be a string or a list of parts') -}}"
+        "{%- elif message['content'] is not string -%}{%- for part in message['content'] -%}"
+        "{%- set where = turn ~ ', part ' ~ loop.index0 -%}"
+        "{%- if part is not mapping or part['type'] not in " + allowed + " -%}"
+        "{{- raise_exception(where ~ " + _jinja_string(": a part is " + example) + ") -}}"
+        "{%- elif part['type'] == 'text' and part['text'] is not string -%}"
+        "{{- raise_exception(where ~ ': a text part needs a string under \"text\"') -}}"
+        "{%- elif " + is_media + " and message['role'] != 'user' -%}"
+        "{{- raise_exception(where ~ " + _jinja_string(in_user_turns) + ") -}}"
+        "{%- endif -%}{%- endfor -%}{%- endif -%}{%- endfor -%}"
+    )
+
+
+CONVERSATION_GUARD = conversation_guard()
 
 
 def vicuna_chat_template(
@@ -258,4 +282,48 @@ def vicuna_chat_template(
         "{%- endif -%}"
         "{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+    )
+
+
+CHATML_SYSTEM = "You are a helpful assistant."
+
+
+def chatml_chat_template(
+    system_prompt: str | None = CHATML_SYSTEM,
+    image_placeholder: str = "<image>",
+    video_placeholder: str | None = None,
+) -> str:
+    """A ChatML template (``<|im_start|>role\\n…<|im_end|>\\n`` turns), as Qwen2-VL's.
+
+    system_prompt: the system turn written when the conversation has none (``None``: no system turn); a first
+        system message replaces it.
+    image_placeholder / video_placeholder: what an image / a video part writes (Qwen2-VL:
+        ``<|vision_start|><|image_pad|><|vision_end|>``); ``video_placeholder=None``: the template takes no videos.
+
+    Assistant replies and their ``<|im_end|>`` sit inside ``{% generation %}`` (training masks); the generation
+    prompt is ``<|im_start|>assistant\\n``. Starts with the conversation guard for its part types.
+    """
+    part_types = ("text", "image") + ((VIDEO_PART,) if video_placeholder is not None else ())
+    default_system = (
+        "" if system_prompt is None else "{{- " + _jinja_string(f"<|im_start|>system\n{system_prompt}<|im_end|>\n") + " -}}"
+    )
+    media = "{%- if part['type'] == 'image' -%}{{- " + _jinja_string(image_placeholder) + " -}}"
+    if video_placeholder is not None:
+        media += "{%- elif part['type'] == 'video' -%}{{- " + _jinja_string(video_placeholder) + " -}}"
+    return (
+        conversation_guard(part_types)
+        + "{%- if messages[0]['role'] != 'system' -%}" + default_system + "{%- endif -%}"
+        "{%- for message in messages -%}"
+        "{%- if message['content'] is string -%}{%- set parts = [{'type': 'text', 'text': message['content']}] -%}"
+        "{%- else -%}{%- set parts = message['content'] -%}{%- endif -%}"
+        "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+        "{%- if message['role'] == 'assistant' -%}{% generation %}"
+        "{%- for part in parts if part['type'] == 'text' -%}{{- part['text'] -}}{%- endfor -%}"
+        "{{- '<|im_end|>' -}}{% endgeneration %}{{- '\\n' -}}"
+        "{%- else -%}"
+        "{%- for part in parts -%}" + media + "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+        "{%- endfor -%}{{- '<|im_end|>\\n' -}}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
     )

@@ -10,7 +10,13 @@ family's processor, so that shared code never asks which family it holds (docs/a
 - ``from_model_config(config, tokenizer, **extra_tokenizers, **options)``: the processor a model config
   needs, built in one place (presets, converters, docs);
 - ``prompt_only_inputs(prompts)``: inputs that must see the prompt only (never the reply being learned),
-  which the training collator adds to every batch; none by default.
+  which the training collator adds to every batch; none by default;
+- ``tiny_tokenizer_options`` (class attribute): the options of the main tokenizer's tiny stand-in
+  (``vlmzoo.tiny_tokenizer.build_tiny_tokenizer(**options)``: the special tokens, named tokens and chat template a
+  family's prompts need); ``vlmzoo.presets.get_processor`` builds it; default ``{}``, the plain tiny tokenizer;
+- ``chat_part_types`` (class attribute): the message part types its chat template writes (default
+  ``chat_templates.PART_TYPES``: text and images; a processor that takes videos adds ``"video"``); the conversation
+  check refuses other parts.
 
 :func:`check_images_per_sample` is an input check transformers does not make: when images are given per sample
 (a list of lists, one per text, as ``apply_chat_template`` passes them), each sample's list must hold as many
@@ -35,7 +41,7 @@ from typing import Any, ClassVar
 
 from transformers.processing_utils import ProcessorMixin
 
-from .chat_templates import check_conversation, check_conversation_list
+from .chat_templates import PART_TYPES, check_conversation, check_conversation_list
 from .image_processing_common import VIEW_SETTINGS, check_view_settings
 
 
@@ -88,6 +94,10 @@ class ZooProcessorMixin(ProcessorMixin):
     # tokenizers besides `tokenizer`: `__init__` argument (and save folder) name -> options of the tiny stand-in
     # (`vlmzoo.tiny_tokenizer.build_tiny_tokenizer(**options)`, e.g. {"padding_side": "right"})
     extra_tokenizers: ClassVar[dict[str, dict[str, Any]]] = {}
+    # options of the main tokenizer's tiny stand-in (`build_tiny_tokenizer(**tiny_tokenizer_options)`)
+    tiny_tokenizer_options: ClassVar[dict[str, Any]] = {}
+    # the message part types the chat template writes; check_conversation refuses the others
+    chat_part_types: ClassVar[tuple[str, ...]] = PART_TYPES
 
     @classmethod
     def from_model_config(cls, config, tokenizer, **options) -> "ZooProcessorMixin":
@@ -166,14 +176,15 @@ class ZooProcessorMixin(ProcessorMixin):
             check_conversation_list(messages, f"conversation {index}" if batched else "")
         conversations, is_batched = super()._normalize_conversations(conversation)
         for index, messages in enumerate(conversations):
-            check_conversation(messages, f"conversation {index}" if is_batched else "")
+            check_conversation(messages, f"conversation {index}" if is_batched else "", part_types=self.chat_part_types)
         return conversations, is_batched
 
     def _multimodal_inputs_from_conversations(self, conversations, *args, **kwargs):
         """transformers' reading of the images in the messages (``tokenize=True``), after checking that each image
         part holds exactly one image (a part without one would leave its placeholder without an image)."""
         for index, messages in enumerate(conversations):
-            check_conversation(messages, f"conversation {index}" if len(conversations) > 1 else "", need_images=True)
+            where = f"conversation {index}" if len(conversations) > 1 else ""
+            check_conversation(messages, where, need_images=True, part_types=self.chat_part_types)
         return super()._multimodal_inputs_from_conversations(conversations, *args, **kwargs)
 
     def _merge_kwargs(self, *args, **kwargs) -> dict[str, dict]:
