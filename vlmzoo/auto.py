@@ -28,6 +28,7 @@ from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPI
 
 from .configuration.configuration_blip2 import ZooBlip2Config, ZooInstructBlipConfig
 from .configuration.configuration_llava import ZooLlavaConfig
+from .configuration.configuration_qwen2_vl import ZooQwen2VLConfig
 from .modeling.modeling_blip2 import ZooBlip2ForConditionalGeneration, ZooBlip2Model, ZooBlip2PreTrainedModel
 from .modeling.modeling_blip2_pretraining import ZooBlip2ForQFormerPretraining
 from .modeling.modeling_instructblip import (
@@ -36,11 +37,18 @@ from .modeling.modeling_instructblip import (
     ZooInstructBlipPreTrainedModel,
 )
 from .modeling.modeling_llava import ZooLlavaForConditionalGeneration, ZooLlavaModel, ZooLlavaPreTrainedModel
+from .modeling.modeling_qwen2_vl import (
+    ZooQwen2VLForConditionalGeneration,
+    ZooQwen2VLModel,
+    ZooQwen2VLPreTrainedModel,
+)
 from .processing.image_processing_anyres import ZooAnyResImageProcessor
 from .processing.image_processing_fixed import ZooFixedResImageProcessor
 from .processing.image_processing_resize import ZooResizeImageProcessor
 from .processing.processing_blip2 import ZooBlip2Processor, ZooInstructBlipProcessor
 from .processing.processing_llava import ZooLlavaProcessor
+from .processing.processing_qwen2_vl import ZooQwen2VLProcessor
+from .processing.image_processing_qwen2_vl import ZooDynamicResolutionImageProcessor
 from .registry import Registry
 
 
@@ -126,6 +134,15 @@ FAMILY_TABLE: tuple[Family, ...] = (
         image_processor_classes=(ZooResizeImageProcessor,),
         extra_classes=(ZooInstructBlipPreTrainedModel,),
         file_aliases=("qformer",),
+    ),
+    Family(
+        key="qwen2_vl",
+        config_class=ZooQwen2VLConfig,
+        model_class=ZooQwen2VLModel,
+        for_generation_class=ZooQwen2VLForConditionalGeneration,
+        processor_class=ZooQwen2VLProcessor,
+        image_processor_classes=(ZooDynamicResolutionImageProcessor,),
+        extra_classes=(ZooQwen2VLPreTrainedModel,),
     ),
 )
 # --------------------------------------------------------------------------------------------------------

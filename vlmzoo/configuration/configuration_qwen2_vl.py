@@ -268,10 +268,14 @@ TINY_VIT = {
 @register_preset(ZooQwen2VLConfig, "tiny")
 def _qwen2_vl_tiny(**overrides) -> dict:
     """Qwen2-VL in miniature: a 2-block ViT (width 32, patch 14, 2x2 merge), a 2-layer Qwen2 with M-RoPE [2, 3, 3]."""
-    from ..tiny_tokenizer import QWEN2_VL_TOKENS, build_tiny_qwen2_vl_tokenizer
+    from ..processing.processing_qwen2_vl import tiny_qwen2_vl_tokenizer
 
-    tokenizer = build_tiny_qwen2_vl_tokenizer()
-    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in QWEN2_VL_TOKENS.items()}
+    tokenizer = tiny_qwen2_vl_tokenizer()
+    ids = {
+        name: tokenizer.convert_tokens_to_ids(getattr(tokenizer, token))
+        for name, token in (("image_token_id", "image_token"), ("video_token_id", "video_token"),
+                            ("vision_start_token_id", "vision_start_token"), ("vision_end_token_id", "vision_end_token"))
+    }  # fmt: skip
     return {
         "vision_config": dict(TINY_VIT),
         "text_config": tiny_qwen2_vl_text_config(tokenizer),
