@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 
 import pytest
@@ -284,7 +285,10 @@ def test_from_pretrained_rebuilds_buffers_and_initialises_missing_weights(case, 
     for key in dropped:
         value = reloaded_params[key]
         assert torch.isfinite(value).all(), key
-        if key.endswith("weight"):
+        if isinstance(reloaded.get_submodule(key.rsplit(".", 1)[0]), torch.nn.LayerNorm):
+            expected = torch.ones_like(value) if key.endswith("weight") else torch.zeros_like(value)
+            assert torch.equal(value, expected), key  # a norm starts as the identity
+        elif key.endswith("weight"):
             assert 0 < value.std() < 1, key  # drawn from the init distribution, not left as garbage / zeros
         else:
             assert torch.equal(value, torch.zeros_like(value)), key  # biases start at zero
@@ -364,10 +368,12 @@ def test_image_hidden_states_is_the_deprecated_alias_of_image_outputs(case):
 def test_mm_encoder_outputs_replace_the_pixels(case):
     model, processor = build(case)
     batch, _, _ = two_prompt_batch(processor)
-    # the pixels and the family's own inputs (image_sizes, qformer_input_ids, ...) go to get_image_features
-    image_inputs = {"pixel_values", *model.model.family_input_names}
+    # the pixels and the family's own inputs that describe them (image_sizes, qformer_input_ids, image_grid_thw, ...)
+    # go to get_image_features; the family's inputs stay with the forward too (M-RoPE's positions read the grids)
+    accepted = inspect.signature(getattr(model.model, model.model.feature_method("image"))).parameters
+    image_inputs = {"pixel_values", *(name for name in model.model.family_input_names if name in accepted)}
     pixels = {key: value for key, value in batch.items() if key in image_inputs}
-    text = {key: value for key, value in batch.items() if key not in pixels}
+    text = {key: value for key, value in batch.items() if key != "pixel_values"}
     with torch.no_grad():
         expected = model(**batch).logits
         encoded = model.get_image_features(**pixels)
@@ -498,7 +504,10 @@ def test_processor_counts_image_tokens_without_pixels_as_it_expands_them(case, s
     placeholders = int((expanded["input_ids"] == processor.image_token_id).sum())
     counted = processor._get_num_multimodal_tokens(image_sizes=[size, size])
     assert counted.num_image_tokens == [placeholders, placeholders]
-    assert counted.num_image_patches == [1, 1]
+    # patches as the pixels hold them: one view per image, AnyRes' views, or native resolution's packed patches
+    pixels = expanded["pixel_values"]
+    patches = {2: pixels.shape[0], 4: 1, 5: pixels.shape[1]}[pixels.dim()]
+    assert counted.num_image_patches == [patches, patches]
 
 
 def test_activation_checkpointing_gives_the_same_gradients(case):

@@ -45,7 +45,7 @@ QWEN2_VL_INPUTS_DOC = """
             Each video's patch grid (t, h, w); needed with `pixel_values_videos`.
         mm_token_type_ids (`torch.IntTensor` of shape `(batch_size, sequence_length)`, *optional*):
             The processor's modality of each token (0 text, 1 image, 2 video). Accepted as transformers' Qwen2-VL
-            accepts it; the positions are read from the placeholder ids, with which it must agree."""
+            takes it, and not read: the positions come from the placeholder ids, which mark the same tokens."""
 
 
 def _checked_patches(name: str, pixels: torch.Tensor, grid_name: str, grid, patch_values: int) -> torch.Tensor:
@@ -155,11 +155,10 @@ class ZooQwen2VLModel(ZooQwen2VLPreTrainedModel, ZooVLMModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """M-RoPE's (3, B, L) positions of a prompt and its (B, 1) ``rope_deltas`` (transformers' signature).
 
-        The blocks are found by their placeholder ids; ``mm_token_type_ids``, when given, must mark the same tokens.
+        The blocks are found by their placeholder ids (``mm_token_type_ids`` is taken for transformers' signature and
+        not read: the processor marks the same tokens).
         """
         config = self.config
-        if mm_token_type_ids is not None:
-            _check_token_types(input_ids, mm_token_type_ids, config.image_token_id, config.video_token_id)
         return mrope_position_index(
             input_ids, attention_mask, config.image_token_id, config.video_token_id,
             image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw, spatial_merge_size=self.spatial_merge_size,
@@ -225,21 +224,6 @@ class ZooQwen2VLModel(ZooQwen2VLPreTrainedModel, ZooVLMModel):
             input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, pixels, family_inputs,
             mm_encoder_outputs, kwargs,
         )  # fmt: skip
-
-
-def _check_token_types(input_ids, mm_token_type_ids, image_token_id, video_token_id) -> None:
-    """``mm_token_type_ids`` (0 text, 1 image, 2 video) must mark exactly the placeholder tokens."""
-    if not isinstance(mm_token_type_ids, torch.Tensor) or tuple(mm_token_type_ids.shape) != tuple(input_ids.shape):
-        shape = tuple(mm_token_type_ids.shape) if isinstance(mm_token_type_ids, torch.Tensor) else type(mm_token_type_ids)
-        raise ValueError(f"mm_token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, got {shape}")
-    expected = torch.zeros_like(mm_token_type_ids)
-    expected = expected.masked_fill(input_ids == image_token_id, 1).masked_fill(input_ids == video_token_id, 2)
-    if not torch.equal(expected, mm_token_type_ids.to(expected.dtype)):
-        raise ValueError(
-            "mm_token_type_ids disagree with the placeholder tokens of input_ids (1 where input_ids hold the image "
-            f"token {image_token_id}, 2 where they hold the video token {video_token_id}, 0 elsewhere); pass the "
-            "processor's output unchanged"
-        )
 
 
 class ZooQwen2VLForConditionalGeneration(ZooQwen2VLPreTrainedModel, ZooVLMForConditionalGeneration, GenerationMixin):
