@@ -1,6 +1,6 @@
 """Speed and memory baseline: a vlmzoo family against its transformers reference, in one process.
 
-Owns the ``python benchmarks/compare_reference.py --family {llava,blip2,blip2-t5}`` measurements:
+Owns the ``python benchmarks/compare_reference.py --family {llava,blip2,blip2-t5,qwen2_vl}`` measurements:
 
 - ``llava``: vlmzoo's ``ZooLlavaForConditionalGeneration`` against transformers' ``LlavaForConditionalGeneration``
   (LLaVA 1.5, Liu et al. 2023, "Improved Baselines with Visual Instruction Tuning": CLIP ViT -> mlp2x_gelu -> Llama).
@@ -8,6 +8,9 @@ Owns the ``python benchmarks/compare_reference.py --family {llava,blip2,blip2-t5
   (Li et al. 2023, "BLIP-2": ViT -> Q-Former with learned queries -> linear projection -> OPT). The weights go
   through the BLIP-2 converter's own key table and conversion plan (``convert_blip2.HF_KEY_TABLE``), so the
   benchmark renames nothing by hand.
+- ``qwen2_vl``: vlmzoo's ``ZooQwen2VLForConditionalGeneration`` against transformers'
+  ``Qwen2VLForConditionalGeneration`` (Wang et al. 2024, "Qwen2-VL": native-resolution ViT -> patch merger ->
+  Qwen2 with M-RoPE), weights through the Qwen2-VL converter's key table; one image as packed patches.
 - ``blip2-t5``: the same with a Flan-T5-style encoder-decoder LM (BLIP-2 Flan-T5): the prompt is encoded, prefill
   and generation start from the decoder start token, the train step's labels are a 16-token answer.
 
@@ -75,7 +78,7 @@ MIB = 2**20
 
 @dataclass
 class BenchmarkArguments:
-    family: Literal["llava", "blip2", "blip2-t5"] = field(
+    family: Literal["llava", "blip2", "blip2-t5", "qwen2_vl"] = field(
         default="llava", metadata={"help": "vlmzoo family to compare (blip2-t5: BLIP-2 with a Flan-T5-style LM)"}
     )
     size: Literal["small", "tiny"] = field(
@@ -328,8 +331,90 @@ def build_blip2_pair(
                      train_inputs, generated_prefix)  # fmt: skip
 
 
+# ----- Qwen2-VL: sizes, the pair of models, inputs -----------------------------------------------------
+QWEN2_VL_SIZES: dict[str, dict] = {
+    # an 8-block ViT 768 wide on a 336 x 336 image (24 x 24 patches -> 144 merged tokens), an 8-layer Qwen2 1024 wide
+    "small": {
+        "vision": {"depth": 8, "embed_dim": 768, "num_heads": 12, "mlp_ratio": 4, "hidden_size": 1024},
+        "text": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 8, "num_attention_heads": 16,
+                 "num_key_value_heads": 16, "vocab_size": 32064, "max_position_embeddings": 4096},
+        "mrope_section": [8, 12, 12],
+        "image_size": 336,
+    },
+    # same structure in miniature: 56 x 56 px (4 x 4 patches -> 4 merged tokens)
+    "tiny": {
+        "vision": {"depth": 2, "embed_dim": 32, "num_heads": 2, "mlp_ratio": 2, "hidden_size": 64},
+        "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                 "num_key_value_heads": 2, "vocab_size": 320, "max_position_embeddings": 512},
+        "mrope_section": [2, 3, 3],
+        "image_size": 56,
+    },
+}
+QWEN2_VL_TOKENS = {"image_token_id": 300, "video_token_id": 301, "vision_start_token_id": 302, "vision_end_token_id": 303}
+
+
+def build_qwen2_vl_pair(size: str, attn_implementation: str, device: torch.device, seed: int, text_tokens: int):
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from vlmzoo import ZooQwen2VLConfig, ZooQwen2VLForConditionalGeneration
+    from vlmzoo.conversion_scripts import convert_qwen2_vl
+
+    spec = QWEN2_VL_SIZES[size]
+    vision = {**spec["vision"], "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+              "hidden_act": "quick_gelu"}  # fmt: skip
+    text = {**spec["text"], "rms_norm_eps": 1e-6, "bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": PAD,
+            "tie_word_embeddings": False}  # fmt: skip
+    rope = {"rope_type": "default", "rope_theta": 1e6}
+    torch.manual_seed(seed)
+    reference_config = Qwen2VLConfig(
+        vision_config=vision, text_config={**text, "rope_parameters": {**rope, "mrope_section": spec["mrope_section"]}},
+        tie_word_embeddings=False, **QWEN2_VL_TOKENS,
+    )  # fmt: skip
+    reference = Qwen2VLForConditionalGeneration._from_config(reference_config, attn_implementation=attn_implementation)
+    our_config = ZooQwen2VLConfig(
+        vision_config={"model_type": "qwen2_vl_vision", **vision},
+        text_config={"model_type": "qwen2", **text, "rope_parameters": rope}, mrope_section=spec["mrope_section"],
+        mrope_temporal_advance=False, tie_word_embeddings=False, **QWEN2_VL_TOKENS,
+    )  # fmt: skip
+    ours = ZooQwen2VLForConditionalGeneration._from_config(our_config, attn_implementation=attn_implementation)
+    accounting = load_through_key_table(ours, reference.state_dict(), convert_qwen2_vl.HF_KEY_TABLE)
+    ours.to(device).eval()
+    reference.to(device).eval()
+
+    # prompt: <|vision_start|>, the image's merged tokens, <|vision_end|>, random text tokens
+    side = spec["image_size"] // 14
+    grid = torch.tensor([[1, side, side]])
+    num_image_tokens = side * side // 4
+    generator = torch.Generator().manual_seed(seed + 1)
+    text_ids = torch.randint(3, QWEN2_VL_TOKENS["image_token_id"], (1, text_tokens), generator=generator)
+    start, end, image = (QWEN2_VL_TOKENS[key] for key in ("vision_start_token_id", "vision_end_token_id", "image_token_id"))
+    input_ids = torch.cat(
+        [torch.tensor([[start]]), torch.full((1, num_image_tokens), image), torch.tensor([[end]]), text_ids], dim=1
+    )
+    pixel_values = torch.randn(side * side, 3 * 2 * 14 * 14, generator=generator)  # packed patches
+    labels = input_ids.masked_fill(input_ids == image, -100)
+    inputs = {"input_ids": input_ids, "pixel_values": pixel_values, "image_grid_thw": grid,
+              "mm_token_type_ids": (input_ids == image).long(), "attention_mask": torch.ones_like(input_ids)}  # fmt: skip
+    description = {
+        "ours": f"vlmzoo.{type(ours).__name__}",
+        "reference": f"transformers.{type(reference).__name__}",
+        "vision_config": vision,
+        "text_config": text,
+        "mrope_section": spec["mrope_section"],
+        "weights": accounting,
+        "batch_size": 1,
+        "image_tokens": num_image_tokens,
+        "text_tokens": text_tokens + 2,
+        "prompt_tokens": int(input_ids.shape[1]),
+        "parameters": sum(p.numel() for p in ours.parameters()),
+        "attn_implementation": {"ours": ours.config._attn_implementation,
+                                "reference": reference.config._attn_implementation},
+    }
+    return ModelPair(ours, reference, {k: v.to(device) for k, v in inputs.items()}, labels.to(device), description)
+
+
 PAIR_BUILDERS: dict[str, Callable[..., ModelPair]] = {
-    "llava": build_llava_pair, "blip2": build_blip2_pair, "blip2-t5": build_blip2_t5_pair
+    "llava": build_llava_pair, "blip2": build_blip2_pair, "blip2-t5": build_blip2_t5_pair, "qwen2_vl": build_qwen2_vl_pair,
 }  # fmt: skip
 
 
