@@ -44,8 +44,13 @@ def test_one_pixel_image_runs_through_the_model(case):
     logits = model(**inputs).logits
     assert torch.isfinite(logits).all()
     # a 1x1 red image is red everywhere after resizing: every pixel normalises to the same value per channel
-    pixels = inputs["pixel_values"].reshape(-1, 3, *inputs["pixel_values"].shape[-2:])[0]
-    assert torch.allclose(pixels, pixels[:, :1, :1].expand_as(pixels))
+    pixel_values = inputs["pixel_values"]
+    if pixel_values.dim() == 2:  # packed patches (native resolution): (patches, channels * frames * patch^2)
+        pixels = pixel_values.reshape(pixel_values.shape[0], 3, -1).transpose(0, 1).flatten(1)  # (3, values)
+        assert torch.allclose(pixels, pixels[:, :1].expand_as(pixels))
+    else:  # views: (..., 3, H, W)
+        pixels = pixel_values.reshape(-1, 3, *pixel_values.shape[-2:])[0]
+        assert torch.allclose(pixels, pixels[:, :1, :1].expand_as(pixels))
 
 
 def test_grayscale_palette_and_rgb_agree(case):
@@ -95,9 +100,13 @@ def test_wrong_pixel_shapes_raise(case):
     model, processor = build(case)
     batch, _, _ = two_prompt_batch(processor)
     pixel_values = batch["pixel_values"]
-    wrong = [pixel_values[..., :1, :, :], pixel_values.unsqueeze(0), pixel_values[..., :5]]
+    if pixel_values.dim() == 2:  # packed patches: a cut patch, an extra axis, patches missing for the grids
+        wrong = [pixel_values[:, :5], pixel_values.unsqueeze(0), pixel_values[:5]]
+    else:  # views: one channel, an extra axis, a cut side
+        wrong = [pixel_values[..., :1, :, :], pixel_values.unsqueeze(0), pixel_values[..., :5]]
     for bad in wrong:
-        with pytest.raises(ValueError, match=r"pixel_values must be|takes views of shape|image_sizes must be"):
+        with pytest.raises(ValueError, match=r"pixel_values must be|takes views of shape|image_sizes must be|"
+                                             r"pixel_values holds"):  # fmt: skip
             model(**{**batch, "pixel_values": bad})
 
 

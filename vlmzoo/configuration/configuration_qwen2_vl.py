@@ -53,9 +53,9 @@ NATIVE_TEXT_MODEL_TYPE = "qwen2_vl_text"
 
 
 def _native_text_fields(value: Mapping | PreTrainedConfig) -> dict:
-    """A text config of transformers' Qwen2-VL (its ``Qwen2VLTextConfig``, or a dict of its fields without a
-    ``model_type``, as ``Qwen2VLConfig(text_config={...})`` takes one) as the fields of the Qwen2 decoder it describes,
-    with the native defaults (``rms_norm_eps=1e-5``, ...) where the dict leaves a field out."""
+    """A text config of transformers' Qwen2-VL (its ``Qwen2VLTextConfig``, or a dict with its ``model_type``) as the
+    fields of the Qwen2 decoder it describes, with the native defaults (``rms_norm_eps=1e-5``, ...) where a dict leaves
+    a field out."""
     from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig
 
     if not isinstance(value, PreTrainedConfig):
@@ -67,14 +67,35 @@ def _native_text_fields(value: Mapping | PreTrainedConfig) -> dict:
     return fields
 
 
+# fields a text config rebuilds from others (never carried over as defaults)
+_DERIVED_TEXT_FIELDS = {"model_type", "transformers_version", "architectures", "layer_types", "rope_parameters"}
+
+
+def _native_text_defaults() -> dict:
+    """The defaults of transformers' ``Qwen2VLTextConfig`` that differ from ``Qwen2Config``'s (``rms_norm_eps``
+    1e-5, the 7B sizes, ...): what a text dict without a ``model_type`` leaves to them in ``Qwen2VLConfig``."""
+    from transformers import Qwen2Config
+    from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig
+
+    native, plain = Qwen2VLTextConfig().to_dict(), Qwen2Config().to_dict()
+    return {
+        key: value for key, value in native.items()
+        if key in plain and plain[key] != value and key not in _DERIVED_TEXT_FIELDS
+    }  # fmt: skip
+
+
 def _normalised_text_config(value: Any) -> tuple[Any, list[int] | None]:
     """The text config with M-RoPE's sections taken out of its ``rope_parameters`` (and ``"mrope"`` read as the
     decoder's ``"default"`` rope), and the sections found (``None``: none given there). A native Qwen2-VL text config
-    (see ``_native_text_fields``) becomes the Qwen2 decoder's fields first."""
+    (see ``_native_text_fields``) becomes the Qwen2 decoder's fields first; a dict without a ``model_type`` is the
+    default Qwen2 decoder (as every family reads one, its unknown keys named) with the native defaults for the fields
+    it leaves out, as ``Qwen2VLConfig`` would read it."""
     if isinstance(value, PreTrainedConfig) and getattr(value, "model_type", None) == NATIVE_TEXT_MODEL_TYPE:
         value = _native_text_fields(value)
-    elif isinstance(value, Mapping) and value.get("model_type", NATIVE_TEXT_MODEL_TYPE) == NATIVE_TEXT_MODEL_TYPE:
+    elif isinstance(value, Mapping) and value.get("model_type") == NATIVE_TEXT_MODEL_TYPE:
         value = _native_text_fields(value)
+    elif isinstance(value, Mapping) and not value.get("model_type"):
+        value = {**_native_text_defaults(), **value}
     if isinstance(value, PreTrainedConfig):
         rope = getattr(value, "rope_parameters", None)
         if isinstance(rope, dict) and "mrope_section" in rope:

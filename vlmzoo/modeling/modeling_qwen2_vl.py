@@ -102,6 +102,9 @@ class ZooQwen2VLModel(ZooQwen2VLPreTrainedModel, ZooVLMModel):
 
     # ----- features ------------------------------------------------------------------------------------
     def _encode(self, name: str, pixels: torch.Tensor, grid_name: str, grid, kwargs: dict) -> BaseModelOutputWithPooling:
+        # the family's other inputs may come along (a processor's whole batch): they are not the tower's
+        for other in ("mm_token_type_ids", "image_grid_thw", "video_grid_thw"):
+            kwargs.pop(other, None)
         grid = _checked_patches(name, pixels, grid_name, grid, self.patch_values)
         grid = grid.to(pixels.device)
         sizes = grid.prod(-1)  # (N,) patches of each image / video
