@@ -59,6 +59,12 @@ def _vlm_base_model(model: Any):
     )
 
 
+def _base_hook():
+    from ..modeling.modeling_base import ZooVLMModel
+
+    return ZooVLMModel.packing_position_ids
+
+
 def _has_own_positions(base) -> bool:
     from ..modeling.modeling_base import ZooVLMModel
 
@@ -188,6 +194,12 @@ class VLMDataCollator:
                 )
             base = _vlm_base_model(model)
             if _has_own_positions(base):
+                if type(base).packing_position_ids is _base_hook():
+                    raise ValueError(
+                        f"packing=True: {type(base).__name__} computes its own positions (compute_position_ids) but has "
+                        f"no packing_position_ids hook, so packed samples would get plain positions; the family must "
+                        f"implement packing_position_ids (docs/adding_a_family.md), or use padded batches"
+                    )
                 self._position_streams = base.packing_position_ids
 
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
