@@ -100,11 +100,17 @@ def packed_language_model_inputs(
     sequences = find_packed_sequence_indices(text)  # None: one sequence per row (never None while tracing)
     if sequences is None:
         return None, use_cache, kwargs
-    if use_cache:
+    if is_tracing(text):
+        # a compiled call cannot tell a packed row from a plain one here: the mask below serves both, and an explicit
+        # use_cache=True (a plain prefill) is kept
+        use_cache = use_cache if use_cache else False
+    elif use_cache:
         raise ValueError(
             "use_cache=True with a packed (padding-free) batch: a row of several samples cannot fill a KV cache; "
             "train with use_cache=False (the default for packed batches) or generate from unpacked prompts"
         )
+    else:
+        use_cache = False  # not the config's default either: a cache would also turn transformers' packed detection off
     config = language_model.config
     implementation = config._attn_implementation
     if is_flash_attention_requested(config):
@@ -114,7 +120,7 @@ def packed_language_model_inputs(
                 max_q = max_k = int(max_q)
             kwargs = {**kwargs, "cu_seq_lens_q": cu_q, "cu_seq_lens_k": cu_k, "max_length_q": max_q,
                       "max_length_k": max_k}  # fmt: skip
-        return None, False, kwargs
+        return None, use_cache, kwargs
     if implementation not in ALL_MASK_ATTENTION_FUNCTIONS:
         raise ValueError(
             f"the language model's attention implementation {implementation!r} has no mask function, so it cannot "
@@ -134,7 +140,7 @@ def packed_language_model_inputs(
             )
     mask = create_causal_mask(config=config, inputs_embeds=inputs_embeds, attention_mask=None, cache=None,
                               position_ids=text)  # fmt: skip
-    return mask, False, kwargs
+    return mask, use_cache, kwargs
 
 
 __all__ = ["PACKED_MROPE_ROWS", "is_possibly_packed", "packed_language_model_inputs", "text_positions"]
