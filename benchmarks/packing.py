@@ -47,19 +47,28 @@ LOSS_TOLERANCE = 1e-4
 # (width, height) of the pictures: squares, landscapes and portraits, small and large, so AnyRes picks grids of 1 to
 # 4 tiles (2 to 5 views with the base view) and the samples' image tokens differ
 IMAGE_SIZES = ((64, 64), (192, 64), (64, 192), (128, 128), (128, 64), (40, 120), (200, 200), (96, 48))
+# answers from one word to a detailed description (~150 tokens), as instruction data mixes short answers with long
+# ones: with the images' token counts, samples of about 50 to 250 tokens
+_DESCRIPTION = (
+    "The picture shows one {color} {shape}, drawn on the {position} side of a plain background; nothing else is "
+    "in it, and the {shape} is the only object to describe."
+)
 ANSWERS = (
     "{color}.",
     "A {color} {shape}.",
     "The shape is on the {position}.",
-    "The picture shows one {color} {shape}, drawn on the {position} side of a plain background; nothing else is "
-    "in it, and the {shape} is the only object to describe.",
+    _DESCRIPTION,
+    _DESCRIPTION + " Its edges are sharp and its colour is flat, without shading or texture, so the {shape} stands "
+    "out clearly from the light grey background around it. It takes up a fair part of the picture but stays well "
+    "inside the border, and its centre lies on the {position} half, which is why the answer to where it is would be "
+    "the {position}. There is no text, no second shape and no shadow anywhere in the image.",
 )
 
 
 @dataclass
 class PackingArguments:
     size: Literal["tiny", "small"] = field(
-        default="small", metadata={"help": "'small': a 4-layer, 512-wide Llama; 'tiny': the 2-layer test preset"}
+        default="small", metadata={"help": "'small': a 4-layer, 768-wide Llama; 'tiny': the 2-layer test preset"}
     )
     batch_sizes: list[int] = field(default_factory=lambda: [4, 8, 16], metadata={"help": "samples per step"})
     repeats: int = field(default=3, metadata={"help": "timed runs per side and batch size (medians reported)"})
@@ -75,8 +84,8 @@ def text_config(size: str, tokenizer_length: int) -> dict | None:
     if size == "tiny":
         return None
     return {
-        "model_type": "llama", "vocab_size": tokenizer_length, "hidden_size": 512, "intermediate_size": 1376,
-        "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 8, "max_position_embeddings": 2048,
+        "model_type": "llama", "vocab_size": tokenizer_length, "hidden_size": 768, "intermediate_size": 2048,
+        "num_hidden_layers": 4, "num_attention_heads": 12, "num_key_value_heads": 12, "max_position_embeddings": 2048,
         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
     }  # fmt: skip
 
