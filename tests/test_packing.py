@@ -147,31 +147,39 @@ def test_sliding_windows_shorter_than_a_sample_are_refused_and_longer_ones_pack(
         model(**packed)
 
 
+def _varlen_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """A stand-in for a flash varlen kernel on CPU: causal attention inside each [cu_seq_lens[i], cu_seq_lens[i+1])
+    segment of the flattened row, only from transformers' varlen kwargs (it fails without them)."""
+    cu_q, cu_k = kwargs["cu_seq_lens_q"].tolist(), kwargs["cu_seq_lens_k"].tolist()
+    assert cu_q == cu_k and attention_mask is None and query.shape[0] == 1
+    assert kwargs["max_length_q"] == max(e - s for s, e in zip(cu_q, cu_q[1:]))
+    outputs = [
+        nn.functional.scaled_dot_product_attention(
+            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling,
+            enable_gqa=query.shape[1] != key.shape[1],
+        )
+        for s, e in zip(cu_q, cu_q[1:])
+    ]  # fmt: skip
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None  # (B, H, L, D) -> (B, L, H, D)
+
+
+AttentionInterface.register("vlmzoo_test_flash_varlen", _varlen_attention)
+
+
 @decoder_only
-def test_flash_attention_gets_the_varlen_kwargs_of_the_samples(case, monkeypatch):
-    """On a flash attention the skeleton builds no mask: the layers get transformers' varlen kwargs (cu_seq_lens over
-    the samples, their longest length). Checked on a recorded call (no flash kernel on this CPU)."""
-    from vlmzoo.modeling import packing
-
-    model, packed = _packed(case)
-    lengths = torch.bincount(torch.cumsum((packed["position_ids"].view(-1) == 0).long(), 0) - 1)
-    seen = {}
-
-    def record(language_model, inputs_embeds, position_ids, use_cache, kwargs):
-        monkeypatch.setattr(language_model.config, "_attn_implementation", "flash_attention_2")
-        seen["result"] = result = original(language_model, inputs_embeds, position_ids, use_cache, kwargs)
-        monkeypatch.setattr(language_model.config, "_attn_implementation", "sdpa")
-        return result
-
-    original = packing.packed_language_model_inputs
-    monkeypatch.setattr("vlmzoo.modeling.modeling_base.packed_language_model_inputs", record)
+def test_flash_attention_gets_the_varlen_kwargs_and_keeps_the_samples_apart(case):
+    """On a flash attention (any implementation named *flash*) the skeleton builds no mask: every attention layer of
+    the language model gets transformers' varlen kwargs (cu_seq_lens over the samples, their longest length). A CPU
+    stand-in for the varlen kernel, reading only those, gives the padded batch's logits (on sdpa) at every token."""
+    model, processor = build(case)
+    examples = make_conversations(3, seed=4)
+    padded = VLMDataCollator(processor, model=model)(examples)
+    packed = VLMDataCollator(processor, model=model, packing=True)(examples)
     with torch.no_grad():
-        model(**packed)
-    mask, use_cache, kwargs = seen["result"]
-    assert mask is None and use_cache is False
-    expected = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-    assert kwargs["cu_seq_lens_q"].tolist() == kwargs["cu_seq_lens_k"].tolist() == expected.tolist()
-    assert kwargs["max_length_q"] == kwargs["max_length_k"] == int(lengths.max())
+        expected = model(**padded).logits[padded["attention_mask"].bool()]
+        model.language_model.config._attn_implementation = "vlmzoo_test_flash_varlen"
+        logits = model(**packed).logits[0]
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
 
 
 @decoder_only

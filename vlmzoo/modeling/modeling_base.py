@@ -51,7 +51,7 @@ from .input_checks import (
 )
 from .docstrings import KWARGS_DOC, LM_HEAD_INPUTS_DOC, MM_ENCODER_OUTPUTS_DOC, MODEL_INPUTS_DOC, forward_docstring
 from .outputs import ZooVLMCausalLMOutputWithPast, ZooVLMModelOutputWithPast
-from .packing import is_possibly_packed, packed_language_model_inputs, text_positions
+from .packing import packed_language_model_inputs, text_positions
 from .pretrained import ZooPreTrainedModel
 
 logger = logging.get_logger(__name__)
@@ -274,7 +274,7 @@ class ZooVLMModel(ZooPreTrainedModel):
         )  # fmt: skip
         if self.position_limit is not None:
             length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-            if is_possibly_packed(attention_mask, position_ids, cache):  # a packed row: its samples' positions
+            if attention_mask is None and position_ids is not None and cache is None:  # maybe packed: its samples
                 text = text_positions(position_ids)
                 length = length if text is None else int(text.max()) + 1
             self._check_positions(length, cache)

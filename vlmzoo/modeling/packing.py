@@ -40,11 +40,6 @@ PACKED_MROPE_ROWS = 4
 FLASH_VARLEN_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
-def is_possibly_packed(attention_mask, position_ids, cache) -> bool:
-    """Whether a call may be a packed one (cheap: three ``is None`` tests; the positions decide, see the module)."""
-    return attention_mask is None and position_ids is not None and cache is None
-
-
 def text_positions(position_ids: torch.Tensor) -> torch.Tensor | None:
     """The (B, L) text positions of ``position_ids``: themselves when (B, L) (or (L,)), row 0 of packed M-RoPE's
     (4, B, L); ``None`` for M-RoPE's (3, B, L), which hold no text row (one sample per row: never packed)."""
@@ -143,4 +138,4 @@ def packed_language_model_inputs(
     return mask, use_cache, kwargs
 
 
-__all__ = ["PACKED_MROPE_ROWS", "is_possibly_packed", "packed_language_model_inputs", "text_positions"]
+__all__ = ["PACKED_MROPE_ROWS", "packed_language_model_inputs", "text_positions"]
