@@ -284,14 +284,22 @@ def test_a_packed_mrope_forward_compiles_with_fullgraph():
         torch._dynamo.reset()
         compiled = torch.compile(model.language_model, fullgraph=True, backend="eager")
         embeds = model.get_input_embeddings()(inputs_only["input_ids"].clamp(max=100))
-        direct = model.language_model(inputs_embeds=embeds, position_ids=inputs_only["position_ids"],
-                                      attention_mask=None, use_cache=False).last_hidden_state  # fmt: skip
-        traced = compiled(inputs_embeds=embeds, position_ids=inputs_only["position_ids"], attention_mask=None,
-                          use_cache=False).last_hidden_state  # fmt: skip
+        # the decoder called directly with the packed row (no mask, use_cache left to the config): the pre-hook gives
+        # it the text row and no cache, so transformers' mask creation finds the samples itself
+        direct = model.language_model(inputs_embeds=embeds, position_ids=inputs_only["position_ids"]).last_hidden_state
+        traced = compiled(inputs_embeds=embeds, position_ids=inputs_only["position_ids"]).last_hidden_state
         torch._dynamo.reset()
         whole = torch.compile(model.forward, fullgraph=True, backend="eager")(**inputs_only).logits
     torch.testing.assert_close(traced, direct, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(whole, eager, rtol=1e-5, atol=1e-5)
+    # and the direct call keeps the samples apart: the second sample's states do not depend on the first's tokens
+    first = int((inputs_only["position_ids"][0, 0] == 0).nonzero()[1])
+    changed = embeds.clone()
+    changed[0, :first] += 1.0
+    with torch.no_grad():
+        moved = model.language_model(inputs_embeds=changed, position_ids=inputs_only["position_ids"]).last_hidden_state
+    torch.testing.assert_close(moved[0, first:], direct[0, first:], rtol=0, atol=1e-6)
+    assert not torch.allclose(moved[0, :first], direct[0, :first], atol=1e-3)
 
 
 def test_a_family_with_its_own_positions_but_no_packing_hook_is_refused():

@@ -178,8 +178,14 @@ def _stream_positions_pre_hook(
         mrope._packed_streams = (text, positions[1:])
         if "position_ids" in bound:
             args = tuple(text if name == "position_ids" else value for name, value in zip(names, args))
-            return args, kwargs
-        return args, {**kwargs, "position_ids": text}
+        else:
+            kwargs = {**kwargs, "position_ids": text}
+        unmasked = given("attention_mask") is None and given("cache") is None and given("past_key_values") is None
+        if unmasked and given("use_cache") is None and "use_cache" not in bound:
+            # a decoder called directly with a packed row: no cache of the config's default either, which would turn
+            # the packed-sequence detection of mask creation off (the VLM's forward already passes use_cache=False)
+            kwargs = {**kwargs, "use_cache": False}
+        return args, kwargs
     if given("attention_mask") is not None or given("cache") is not None or given("past_key_values") is not None:
         return None
     # (3, B, L) -> the (B, L) mask of a batch without padding
