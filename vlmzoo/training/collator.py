@@ -46,31 +46,21 @@ IGNORE_INDEX = -100
 TOKEN_ALIGNED_INPUTS = ("input_ids", "labels", "token_type_ids", "mm_token_type_ids")
 
 
+def _skeleton():
+    from ..modeling.modeling_base import ZooVLMModel  # not at import time: training stays importable on its own
+
+    return ZooVLMModel
+
+
 def _vlm_base_model(model: Any):
     """The ``ZooVLMModel`` inside ``model`` (a vlmzoo model, its base model or a peft wrapper of one)."""
-    from ..modeling.modeling_base import ZooVLMModel
-
     for module in model.modules() if hasattr(model, "modules") else ():
-        if isinstance(module, ZooVLMModel):
+        if isinstance(module, _skeleton()):
             return module
     raise TypeError(
         f"VLMDataCollator(packing=True, model=...) takes the vlmzoo model the batches are for (or a peft wrapper of "
         f"one), got {type(model).__name__}"
     )
-
-
-def _base_hook():
-    from ..modeling.modeling_base import ZooVLMModel
-
-    return ZooVLMModel.packing_position_ids
-
-
-def _has_own_positions(base) -> bool:
-    from ..modeling.modeling_base import ZooVLMModel
-
-    cls = type(base)
-    return (cls.compute_position_ids is not ZooVLMModel.compute_position_ids
-            or cls.packing_position_ids is not ZooVLMModel.packing_position_ids)  # fmt: skip
 
 
 def pack_batch(batch: dict, position_streams: Callable[..., torch.Tensor] | None = None) -> dict:
@@ -97,7 +87,9 @@ def pack_batch(batch: dict, position_streams: Callable[..., torch.Tensor] | None
     if position_streams is None:
         streams = (attention_mask.long().cumsum(-1) - 1).unsqueeze(0)  # (1, B, L)
     else:
-        streams = position_streams(input_ids, attention_mask, **others)
+        # the hook reads the padded batch: every input but the labels (per-token ones such as mm_token_type_ids too)
+        inputs = {name: value for name, value in batch.items() if name not in ("input_ids", "attention_mask", "labels")}
+        streams = position_streams(input_ids, attention_mask, **inputs)
         if not isinstance(streams, torch.Tensor) or streams.dim() != 3 or streams.shape[1:] != input_ids.shape:
             shape = tuple(streams.shape) if isinstance(streams, torch.Tensor) else type(streams).__name__
             raise ValueError(f"packing_position_ids must return (streams, batch, length) positions, got {shape}")
@@ -192,9 +184,10 @@ class VLMDataCollator:
                     "bidirectional mask in its encoder and per-sample self- and cross-attention in its decoder, which "
                     "vlmzoo does not build; use padded batches (packing=False)"
                 )
-            base = _vlm_base_model(model)
-            if _has_own_positions(base):
-                if type(base).packing_position_ids is _base_hook():
+            base, skeleton = _vlm_base_model(model), _skeleton()
+            own_hook = type(base).packing_position_ids is not skeleton.packing_position_ids
+            if own_hook or type(base).compute_position_ids is not skeleton.compute_position_ids:
+                if not own_hook:
                     raise ValueError(
                         f"packing=True: {type(base).__name__} computes its own positions (compute_position_ids) but has "
                         f"no packing_position_ids hook, so packed samples would get plain positions; the family must "
