@@ -307,7 +307,8 @@ def test_a_family_with_its_own_positions_but_no_packing_hook_is_refused():
 
     model = build_hook_family()
     # the in-test M-RoPE family without its packing_position_ids override: the skeleton's default again
-    model.model.__class__ = type("NoHookModel", (HookFamilyModel,), {"packing_position_ids": ZooVLMModel.packing_position_ids})
+    without_hook = {"packing_position_ids": ZooVLMModel.packing_position_ids}
+    model.model.__class__ = type("NoHookModel", (HookFamilyModel,), without_hook)
     processor = build(("llava", "tiny"))[1]
     with pytest.raises(ValueError, match="computes its own positions .* but has no packing_position_ids hook"):
         VLMDataCollator(processor, model=model, packing=True)

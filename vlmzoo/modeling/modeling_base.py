@@ -168,8 +168,8 @@ class ZooVLMModel(ZooPreTrainedModel):
 
         Args:
             input_ids, attention_mask: (B, L), the processor's batch padded on the right (one sample per row).
-            family_inputs: the processor's other outputs for the batch (``image_grid_thw``, ``mm_token_type_ids``, ...), as the forward
-                takes them.
+            family_inputs: the processor's other outputs for the batch (``image_grid_thw``, ``mm_token_type_ids``,
+                ...), as the forward takes them.
 
         Returns: (streams, B, L) long; padding positions are ignored. The default: one stream, 0 .. n - 1 per row.
         A family with its own positions (``compute_position_ids``, e.g. M-RoPE's three streams) overrides it and
