@@ -582,3 +582,65 @@ def test_a_text_decode_step_goes_straight_to_the_language_model_with_the_same_lo
         assert (calls == []) == plain_positions  # the base model's forward (placement, media) ran only if needed
         full = model.model(input_ids=token, attention_mask=mask, cache=cache, use_cache=True)
         torch.testing.assert_close(fast, model.lm_head(full.last_hidden_state), rtol=0, atol=0)
+
+
+# ----- padding-free (packed) batches: docs/training.md, vlmzoo/modeling/packing.py ------------------------------------
+def _packed_and_padded(model, processor, count: int = 3):
+    from _synthetic import make_conversations
+
+    from vlmzoo.training import VLMDataCollator
+
+    examples = make_conversations(count, seed=4)  # mixed image sizes and answer lengths: rows of different lengths
+    padded = VLMDataCollator(processor, model=model)(examples)
+    packed = VLMDataCollator(processor, model=model, packing=True)(examples)
+    return padded, packed
+
+
+def _loss_and_gradients(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("case", DECODER_ONLY_CASES, ids=case_id)
+def test_a_packed_batch_gives_the_padded_batch_loss_and_gradients(case):
+    """The same samples in one padding-free row: the loss (the mean over the same learned tokens) and every
+    parameter's gradient are the padded batch's, in float32."""
+    model, processor = build(case)
+    model.requires_grad_(True)
+    padded, packed = _packed_and_padded(model, processor)
+    lengths = padded["attention_mask"].sum(1)
+    assert bool((lengths != lengths[0]).any())  # the rows really differ in length: the padded batch has padding
+    assert "attention_mask" not in packed and packed["input_ids"].shape == (1, int(lengths.sum()))
+    padded_loss, padded_grads = _loss_and_gradients(model, padded)
+    packed_loss, packed_grads = _loss_and_gradients(model, packed)
+    torch.testing.assert_close(packed_loss, padded_loss, rtol=1e-5, atol=1e-5)
+    # every component learns (a tower's layers after the selected feature layer may not, in both batches alike)
+    assert set(packed_grads) == set(padded_grads)
+    for component, prefixes in component_prefixes(model).items():
+        assert any(name.startswith(tuple(prefixes)) for name in packed_grads), component
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("case", DECODER_ONLY_CASES, ids=case_id)
+def test_packed_samples_do_not_see_each_other(case, implementation):
+    """Changing the first sample's text and image changes its own logits and not one logit of the other samples."""
+    model, processor = build(case)
+    model.set_attn_implementation(implementation)
+    _, packed = _packed_and_padded(model, processor)
+    ids = packed["input_ids"]
+    first_length = int((packed["position_ids"].view(-1, ids.shape[1])[0] == 0).nonzero()[1])  # sample 1 starts
+    image_token = model.config.image_token_id
+    where = next(i for i in range(1, first_length) if ids[0, i] != image_token)  # a text token of sample 0
+    changed_ids = ids.clone()
+    changed_ids[0, where] = next(t for t in range(4, 60) if t not in (int(ids[0, where]), image_token))
+    changed_pixels = packed["pixel_values"].clone()
+    changed_pixels[0] = torch.randn(changed_pixels[0].shape, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        logits = model(**packed).logits
+        changed = model(**{**packed, "input_ids": changed_ids, "pixel_values": changed_pixels}).logits
+    assert not torch.allclose(changed[0, where:first_length], logits[0, where:first_length], atol=1e-3)
+    torch.testing.assert_close(changed[0, first_length:], logits[0, first_length:], rtol=0, atol=1e-6)

@@ -366,8 +366,18 @@ def test_a_model_without_a_rotary_module_is_refused():
 
 def test_positions_of_the_wrong_shape_are_refused():
     rotary = swap_in_mrope(AutoModel.from_config(lm_config("llama")), SECTIONS)
-    with pytest.raises(ValueError, match=r"got \(4, 1, 5\)"):
-        rotary(torch.zeros(1, 5, 64), torch.zeros(4, 1, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"got \(5, 1, 5\)"):
+        rotary(torch.zeros(1, 5, 64), torch.zeros(5, 1, 5, dtype=torch.long))
+
+
+def test_packed_positions_rotate_by_their_three_streams():
+    """A packed batch's (4, B, L) positions: row 0 the text positions (for masks), rows 1..3 the streams."""
+    rotary = swap_in_mrope(AutoModel.from_config(lm_config("llama")), SECTIONS)
+    streams = torch.tensor([[[0, 1, 1, 1, 0]], [[0, 1, 1, 2, 0]], [[0, 1, 2, 1, 0]]])  # (3, 1, 5)
+    packed = torch.cat([torch.tensor([[[0, 1, 2, 3, 0]]]), streams])  # (4, 1, 5)
+    x = torch.zeros(1, 5, 64)
+    for got, expected in zip(rotary(x, packed), rotary(x, streams)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_grids_that_disagree_with_the_placeholders_are_refused():

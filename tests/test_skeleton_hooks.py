@@ -132,6 +132,14 @@ class HookFamilyModel(HookFamilyPreTrainedModel, ZooVLMModel):
         )  # fmt: skip
         return positions
 
+    def packing_position_ids(self, input_ids, attention_mask, **family_inputs):
+        """Each right-padded row's prefill positions, (3, B, L): what a packed batch restarts per sample."""
+        positions, _ = mrope_position_index(
+            input_ids, attention_mask, IMAGE, VIDEO, image_grid_thw=placeholder_grids(input_ids, IMAGE, False),
+            video_grid_thw=placeholder_grids(input_ids, VIDEO, True),
+        )  # fmt: skip
+        return positions
+
 
 def mrope_positions(ids: torch.Tensor) -> torch.Tensor:
     """The test's reference, (3, L) positions, the plain loop: text (p, p, p); a visual block of frames x GRID x GRID

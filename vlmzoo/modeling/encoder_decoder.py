@@ -75,7 +75,9 @@ class EncoderDecoderModelMixin:
         if position_ids is not None:
             raise ValueError(
                 f"position_ids are not an input of an encoder-decoder language model "
-                f"('{self.config.get_text_config().model_type}' positions are relative): leave them out"
+                f"('{self.config.get_text_config().model_type}' positions are relative): leave them out. Packed "
+                f"(padding-free) batches are refused for such LMs: their encoder would need a block-diagonal "
+                f"bidirectional mask and their decoder per-sample self- and cross-attention; use padded batches"
             )
         seq2seq_inputs = _seq2seq_inputs(kwargs)
         encoder_outputs = seq2seq_inputs.pop("encoder_outputs", None)

@@ -51,6 +51,7 @@ from .input_checks import (
 )
 from .docstrings import KWARGS_DOC, LM_HEAD_INPUTS_DOC, MM_ENCODER_OUTPUTS_DOC, MODEL_INPUTS_DOC, forward_docstring
 from .outputs import ZooVLMCausalLMOutputWithPast, ZooVLMModelOutputWithPast
+from .packing import packed_language_model_inputs, text_positions
 from .pretrained import ZooPreTrainedModel
 
 logger = logging.get_logger(__name__)
@@ -159,6 +160,31 @@ class ZooVLMModel(ZooPreTrainedModel):
         """
         return position_ids
 
+    def packing_position_ids(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor, **family_inputs
+    ) -> torch.LongTensor:
+        """The position streams of each sample of a right-padded batch, as the sample alone, unpadded, gets them: what
+        a padding-free batch (``VLMDataCollator(processor, packing=True, model=model)``) restarts per sample.
+
+        Args:
+            input_ids, attention_mask: (B, L), the processor's batch padded on the right (one sample per row).
+            family_inputs: the processor's other outputs for the batch (``image_grid_thw``, ``mm_token_type_ids``,
+                ...), as the forward takes them.
+
+        Returns: (streams, B, L) long; padding positions are ignored. The default: one stream, 0 .. n - 1 per row.
+        A family with its own positions (``compute_position_ids``, e.g. M-RoPE's three streams) overrides it and
+        returns its (3, B, L) prefill positions; the collator then lays out (4, 1, total) positions (row 0 the text
+        positions) and the family's ``compute_position_ids`` must pass given positions through unchanged.
+        """
+        if type(self).compute_position_ids is not ZooVLMModel.compute_position_ids:
+            raise NotImplementedError(
+                f"{type(self).__name__} computes its own positions (compute_position_ids) but does not implement "
+                f"packing_position_ids, so a padding-free batch would give its samples plain positions; override "
+                f"packing_position_ids (docs/adding_a_family.md) or use padded batches"
+            )
+        # (B, L) -> (1, B, L): 0 .. n - 1 over each row's tokens
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0).unsqueeze(0)
+
     # ----- embeddings ---------------------------------------------------------------------------------
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -247,7 +273,11 @@ class ZooVLMModel(ZooPreTrainedModel):
             self._image_token_id_for_messages, position_ids, token_hints=self.token_hints,
         )  # fmt: skip
         if self.position_limit is not None:
-            self._check_positions((input_ids if input_ids is not None else inputs_embeds).shape[1], cache)
+            length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+            if attention_mask is None and position_ids is not None and cache is None:  # maybe packed: its samples
+                text = text_positions(position_ids)
+                length = length if text is None else int(text.max()) + 1
+            self._check_positions(length, cache)
 
     def _image_token_id_for_messages(self) -> int | None:
         return getattr(self.config, "image_token_id", None)
@@ -319,6 +349,10 @@ class ZooVLMModel(ZooPreTrainedModel):
         position_ids = self.compute_position_ids(
             input_ids, inputs_embeds, attention_mask, position_ids, cache, **family_inputs
         )
+        if attention_mask is None and position_ids is not None and cache is None:  # maybe packed (packing.py)
+            attention_mask, use_cache, kwargs = packed_language_model_inputs(
+                self.language_model, inputs_embeds, position_ids, use_cache, kwargs
+            )
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,

@@ -33,7 +33,15 @@ expands them to (B, L) and diffs them); with (3, B, L) positions either step rai
 ``swap_in_mrope`` therefore registers a forward pre-hook on the language model that gives such a call an
 all-ones 2-D mask; callers should still pass their (padding) ``attention_mask`` as usual.
 Limit: the layers also receive ``position_ids``, and flash attention's packed-sequence detection (batch 1,
-no padding) reads them as (B, L); M-RoPE positions are meant for the eager and SDPA kernels.
+no padding) reads them as (B, L); (3, B, L) positions are meant for the eager and SDPA kernels (packed (4, B, L)
+positions give the layers their text row, below).
+
+Packed batches (padding-free training, ``vlmzoo.modeling.packing``): positions of shape (4, B, L), as transformers'
+Qwen2-VL takes them: row 0 the text positions, restarting at 0 per sample (what mask creation and flash attention's
+packed-sequence detection read), rows 1..3 the three streams. The pre-hook hands row 0 to the decoder as its
+``position_ids`` and stashes the streams on the ``MultimodalRotaryEmbedding``, which uses them when the decoder calls
+it with that very row (a plain attribute set and read inside the forward: ``torch.compile(fullgraph=True)`` traces
+it). ``MultimodalRotaryEmbedding`` also takes (4, B, L) positions directly.
 
 Text after a visual block: the paper and the official code start it at the block's largest position + 1,
 i.e. p + max(t, h, w) for a block at p; transformers 5.24's Qwen2-VL ``get_rope_index`` starts it at
@@ -51,6 +59,7 @@ import torch
 from torch import nn
 
 STREAMS = 3  # temporal, height, width
+PACKED_ROWS = 4  # a packed batch's positions: the text positions, then the three streams
 
 
 def _frequency_count(rotary: nn.Module) -> int:
@@ -113,17 +122,27 @@ class MultimodalRotaryEmbedding(nn.Module):
                 slices.append((stream, start, start + width))
                 start += width
         self._channel_slices = tuple(slices)
+        # (text positions, (3, B, L) streams) of a packed call, stashed by the language model's pre-hook
+        # (``swap_in_mrope``); used when the decoder hands this module exactly those text positions
+        self._packed_streams: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def extra_repr(self) -> str:
         return f"mrope_section={list(self.mrope_section)}"
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if position_ids.dim() == 2:
-            return self.rotary(x, position_ids)
+            packed = self._packed_streams
+            if packed is None or packed[0] is not position_ids:
+                return self.rotary(x, position_ids)
+            self._packed_streams = None
+            position_ids = packed[1]  # the streams of the packed call whose text positions these are
+        elif position_ids.dim() == 3 and position_ids.shape[0] == PACKED_ROWS:
+            position_ids = position_ids[1:]  # packed (4, B, L): the text row is for masks, the streams for rotation
         if position_ids.dim() != 3 or position_ids.shape[0] != STREAMS:
             raise ValueError(
-                f"M-RoPE position_ids have shape (3, batch, length) (temporal, height, width) or (batch, length), "
-                f"got {tuple(position_ids.shape)}"
+                f"M-RoPE position_ids have shape (3, batch, length) (temporal, height, width), (batch, length) or a "
+                f"packed batch's (4, batch, length) (text positions, then the three streams), got "
+                f"{tuple(position_ids.shape)}"
             )
         streams, batch, length = position_ids.shape
         # (3, B, L) -> (3 * B, L): the wrapped module sees three times the batch
@@ -138,9 +157,14 @@ class MultimodalRotaryEmbedding(nn.Module):
         return torch.cat([table[stream, ..., start:end] for stream, start, end in self._channel_slices], dim=-1)
 
 
-def _mask_for_stream_positions(names: tuple[str, ...], module: nn.Module, args: tuple, kwargs: dict):
-    """Forward pre-hook of a language model with M-RoPE: a call with (3, B, L) positions, no attention mask and
-    no cache gets an all-ones (B, L) mask, so mask creation never reads the positions as (B, L) ones."""
+def _stream_positions_pre_hook(
+    names: tuple[str, ...], mrope: MultimodalRotaryEmbedding, module: nn.Module, args: tuple, kwargs: dict
+):
+    """Forward pre-hook of a language model with M-RoPE (see the module docstring, "Masks" and "Packed batches"):
+    packed (4, B, L) positions -> the decoder gets row 0 (text positions) as its ``position_ids``, ``mrope`` the
+    streams; (3, B, L) positions with no attention mask and no cache -> an all-ones (B, L) mask."""
+    if mrope._packed_streams is not None:
+        mrope._packed_streams = None  # never kept from an earlier call
     bound = dict(zip(names, args))
 
     def given(name):
@@ -149,6 +173,19 @@ def _mask_for_stream_positions(names: tuple[str, ...], module: nn.Module, args: 
     positions = given("position_ids")
     if not isinstance(positions, torch.Tensor) or positions.dim() != 3:
         return None
+    if positions.shape[0] == PACKED_ROWS:
+        text = positions[0]  # (4, B, L) -> (B, L)
+        mrope._packed_streams = (text, positions[1:])
+        if "position_ids" in bound:
+            args = tuple(text if name == "position_ids" else value for name, value in zip(names, args))
+        else:
+            kwargs = {**kwargs, "position_ids": text}
+        unmasked = given("attention_mask") is None and given("cache") is None and given("past_key_values") is None
+        if unmasked and given("use_cache") is None and "use_cache" not in bound:
+            # a decoder called directly with a packed row: no cache of the config's default either, which would turn
+            # the packed-sequence detection of mask creation off (the VLM's forward already passes use_cache=False)
+            kwargs = {**kwargs, "use_cache": False}
+        return args, kwargs
     if given("attention_mask") is not None or given("cache") is not None or given("past_key_values") is not None:
         return None
     # (3, B, L) -> the (B, L) mask of a batch without padding
@@ -186,7 +223,7 @@ def swap_in_mrope(language_model: nn.Module, mrope_section: Sequence[int]) -> Mu
     mrope = MultimodalRotaryEmbedding(rotary, mrope_section)
     base.rotary_emb = mrope
     names = tuple(inspect.signature(base.forward).parameters)
-    base.register_forward_pre_hook(partial(_mask_for_stream_positions, names), with_kwargs=True)
+    base.register_forward_pre_hook(partial(_stream_positions_pre_hook, names, mrope), with_kwargs=True)
     return mrope
 
 

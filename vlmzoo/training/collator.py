@@ -15,11 +15,24 @@ it takes it from the model: ``VLMDataCollator(processor, model=model)`` (a peft 
 ``encoder_decoder=``; both given must agree. Without either it lays batches out for a decoder-only LM, and an
 encoder-decoder model refuses such a batch (labels that repeat the prompt's tokens at their own positions) with a
 ``ValueError`` saying to pass ``model=``, instead of training its decoder on the whole conversation.
+
+Padding-free batches (``packing=True``, with ``model=``): the batch's samples go into one row, as transformers'
+``DataCollatorWithFlattening`` lays out text (:func:`pack_batch`): ``input_ids`` and ``labels`` of shape (1, total)
+with no padding, ``labels`` -100 at each sample's first token (the loss shifts the labels, so that token would
+otherwise be learned as the continuation of the previous sample), ``position_ids`` restarting at 0 per sample --
+(1, total), or (4, 1, total) for a model whose positions have three M-RoPE streams (row 0 the text positions), from
+the model's hook ``packing_position_ids`` -- and no ``attention_mask``: the model keeps each sample's attention to
+itself (``vlmzoo.modeling.packing``: a block-diagonal causal mask on sdpa / eager / flex, varlen kwargs on flash
+attention; anything else raises). The pixels and the family inputs (one row per image, as InstructBLIP's
+``qformer_input_ids``) stay as the padded batch has them, the images in sample order. The loss is the mean over the
+same learned tokens as the padded batch's, so a packed step computes what the padded step computes, without the
+padding. Encoder-decoder language models are refused (``ValueError``): their encoder would need a block-diagonal
+bidirectional mask and their decoder per-sample self- and cross-attention.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass
 from typing import Any
 
@@ -29,6 +42,72 @@ from ..processing.chat_templates import check_conversation
 from ..processing.processing_common import ZooProcessorMixin
 
 IGNORE_INDEX = -100
+# inputs with one entry per token (flattened by packing); every other input is per image or per batch and kept
+TOKEN_ALIGNED_INPUTS = ("input_ids", "labels", "token_type_ids", "mm_token_type_ids")
+
+
+def _skeleton():
+    from ..modeling.modeling_base import ZooVLMModel  # not at import time: training stays importable on its own
+
+    return ZooVLMModel
+
+
+def _vlm_base_model(model: Any):
+    """The ``ZooVLMModel`` inside ``model`` (a vlmzoo model, its base model or a peft wrapper of one)."""
+    for module in model.modules() if hasattr(model, "modules") else ():
+        if isinstance(module, _skeleton()):
+            return module
+    raise TypeError(
+        f"VLMDataCollator(packing=True, model=...) takes the vlmzoo model the batches are for (or a peft wrapper of "
+        f"one), got {type(model).__name__}"
+    )
+
+
+def pack_batch(batch: dict, position_streams: Callable[..., torch.Tensor] | None = None) -> dict:
+    """A right-padded batch (one sample per row) as one padding-free row (see the module docstring).
+
+    Args:
+        batch: ``input_ids``, ``attention_mask`` (1 on each row's tokens, padding only on the right) and ``labels``
+            of shape (B, L), and any other model inputs (pixels, family inputs: kept as they are).
+        position_streams: ``model.packing_position_ids`` (``(input_ids, attention_mask, **other inputs)`` ->
+            (streams, B, L)) for a model with its own positions; ``None``: 0 .. n - 1 per sample.
+
+    Returns the batch with ``input_ids``, ``labels`` (and other per-token inputs) of shape (1, total), ``labels``
+    -100 at each sample's first token, ``position_ids`` (1, total) or, with three streams, (4, 1, total), and no
+    ``attention_mask``.
+    """
+    input_ids, attention_mask = batch["input_ids"], batch.get("attention_mask")
+    if attention_mask is None or attention_mask.dim() != 2 or attention_mask.shape != input_ids.shape:
+        raise ValueError("pack_batch needs the (batch, length) attention_mask of the padded batch it packs")
+    keep = attention_mask.bool()
+    lengths = keep.sum(1)
+    if not bool((keep == (torch.arange(keep.shape[1]) < lengths[:, None])).all()) or not bool((lengths > 0).all()):
+        raise ValueError("pack_batch needs rows padded on the right (padding_side='right'), each with tokens")
+    others = {name: value for name, value in batch.items() if name not in ("attention_mask", *TOKEN_ALIGNED_INPUTS)}
+    if position_streams is None:
+        streams = (attention_mask.long().cumsum(-1) - 1).unsqueeze(0)  # (1, B, L)
+    else:
+        # the hook reads the padded batch: every input but the labels (per-token ones such as mm_token_type_ids too)
+        inputs = {name: value for name, value in batch.items() if name not in ("input_ids", "attention_mask", "labels")}
+        streams = position_streams(input_ids, attention_mask, **inputs)
+        if not isinstance(streams, torch.Tensor) or streams.dim() != 3 or streams.shape[1:] != input_ids.shape:
+            shape = tuple(streams.shape) if isinstance(streams, torch.Tensor) else type(streams).__name__
+            raise ValueError(f"packing_position_ids must return (streams, batch, length) positions, got {shape}")
+    packed = dict(others)
+    for name in TOKEN_ALIGNED_INPUTS:
+        value = batch.get(name)
+        if isinstance(value, torch.Tensor) and value.shape[:2] == input_ids.shape:
+            packed[name] = value[keep].unsqueeze(0)  # (B, L, ...) -> (1, total, ...)
+    starts = torch.cumsum(lengths, 0) - lengths  # each sample's first token in the packed row
+    if "labels" in packed:
+        packed["labels"][0, starts] = IGNORE_INDEX
+    text = (keep.long().cumsum(-1) - 1)[keep].unsqueeze(0)  # (1, total): 0 .. n - 1 per sample
+    if streams.shape[0] == 1:
+        packed["position_ids"] = text
+    else:
+        # (streams, B, L) -> (streams, total) -> (1 + streams, 1, total): text positions first
+        packed["position_ids"] = torch.cat([text, streams[:, keep].long()]).unsqueeze(1)
+    return packed
 
 
 def _is_encoder_decoder(model: Any) -> bool:
@@ -62,8 +141,11 @@ class VLMDataCollator:
     max_length: int | None = None
     # the model's config.is_encoder_decoder (Flan-T5 language models); None: the model's, or decoder-only without one
     encoder_decoder: bool | None = None
-    # the model the batches are for (a vlmzoo model or a peft wrapper of one): sets encoder_decoder; not kept
+    # the model the batches are for (a vlmzoo model or a peft wrapper of one): sets encoder_decoder; kept only for a
+    # packing model with its own positions (its `packing_position_ids` hook)
     model: InitVar[Any] = None
+    # padding-free batches: every example of a call in one row (module docstring); needs model=
+    packing: bool = False
 
     def __post_init__(self, model: Any = None):
         if not isinstance(self.processor, ZooProcessorMixin):
@@ -87,6 +169,31 @@ class VLMDataCollator:
             self.encoder_decoder = kind
         elif self.encoder_decoder is None:
             self.encoder_decoder = False
+        if not isinstance(self.packing, bool):
+            raise TypeError(f"packing must be True or False, got {self.packing!r}")
+        self._position_streams = None
+        if self.packing:
+            if model is None:
+                raise ValueError(
+                    "packing=True needs the model the batches are for: VLMDataCollator(processor, packing=True, "
+                    "model=model) (its kind of language model and its positions decide the packed layout)"
+                )
+            if self.encoder_decoder:
+                raise ValueError(
+                    "packing=True with an encoder-decoder language model: packed rows would need a block-diagonal "
+                    "bidirectional mask in its encoder and per-sample self- and cross-attention in its decoder, which "
+                    "vlmzoo does not build; use padded batches (packing=False)"
+                )
+            base, skeleton = _vlm_base_model(model), _skeleton()
+            own_hook = type(base).packing_position_ids is not skeleton.packing_position_ids
+            if own_hook or type(base).compute_position_ids is not skeleton.compute_position_ids:
+                if not own_hook:
+                    raise ValueError(
+                        f"packing=True: {type(base).__name__} computes its own positions (compute_position_ids) but has "
+                        f"no packing_position_ids hook, so packed samples would get plain positions; the family must "
+                        f"implement packing_position_ids (docs/adding_a_family.md), or use padded batches"
+                    )
+                self._position_streams = base.packing_position_ids
 
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
         if not examples:
@@ -126,6 +233,8 @@ class VLMDataCollator:
         labels = input_ids.masked_fill(~assistant_mask, IGNORE_INDEX)
         labels = labels.masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
         batch["labels"] = labels
+        if self.packing:
+            return pack_batch(dict(batch), self._position_streams)
         return dict(batch)
 
     def _prompts(self, conversations) -> list[str]:
