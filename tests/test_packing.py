@@ -48,7 +48,16 @@ def test_the_packed_layout_is_the_padded_batch_without_its_padding(case):
     torch.testing.assert_close(packed["input_ids"], torch.cat(rows)[None], rtol=0, atol=0)
     # positions restart at 0 at each sample's first token
     expected_positions = torch.cat([torch.arange(len(row)) for row in rows])[None]
-    torch.testing.assert_close(packed["position_ids"], expected_positions, rtol=0, atol=0)
+    positions = packed["position_ids"]
+    if positions.dim() == 3:  # several streams (M-RoPE): the text row, then each sample's own streams, unpadded
+        torch.testing.assert_close(positions[0], expected_positions, rtol=0, atol=0)
+        family_inputs = {k: v for k, v in padded.items() if k in model.model.family_input_names}
+        streams = model.model.packing_position_ids(padded["input_ids"], padded["attention_mask"], **family_inputs)
+        mask = padded["attention_mask"].bool()
+        expected_streams = torch.cat([streams[:, row, mask[row]] for row in range(len(rows))], dim=-1)[:, None]
+        torch.testing.assert_close(positions[1:], expected_streams, rtol=0, atol=0)
+    else:
+        torch.testing.assert_close(positions, expected_positions, rtol=0, atol=0)
     # labels: the padded rows' labels, with each sample's first token -100 (never learned from the previous sample)
     expected_labels = torch.cat([torch.cat([torch.tensor([IGNORE_INDEX]), row[1:]]) for row in label_rows])[None]
     torch.testing.assert_close(packed["labels"], expected_labels, rtol=0, atol=0)
@@ -56,9 +65,13 @@ def test_the_packed_layout_is_the_padded_batch_without_its_padding(case):
     assert (packed["labels"][0, starts] == IGNORE_INDEX).all()
     assert int((packed["labels"] != IGNORE_INDEX).sum()) == int((padded["labels"] != IGNORE_INDEX).sum())
     # pixels and per-image inputs (InstructBLIP's qformer_input_ids: one row per image) stay as they are
+    token_shape = padded["input_ids"].shape
     for name, value in padded.items():
-        if name not in ("input_ids", "attention_mask", "labels"):
-            torch.testing.assert_close(packed[name], value, rtol=0, atol=0, msg=name)
+        if name in ("input_ids", "attention_mask", "labels"):
+            continue
+        if value.shape == token_shape:  # per-token inputs (mm_token_type_ids) are packed with the tokens
+            value = value[padded["attention_mask"].bool()][None]
+        torch.testing.assert_close(packed[name], value, rtol=0, atol=0, msg=name)
 
 
 def test_a_boundary_label_is_ignored_even_when_the_next_sample_starts_with_a_learned_token():
@@ -133,8 +146,11 @@ def test_sliding_windows_shorter_than_a_sample_are_refused_and_longer_ones_pack(
     """A decoder whose config declares a sliding window: a block mask equals the windowed one only when no sample is
     longer than the window."""
     model, packed = _packed(case)
-    longest = int(packed["position_ids"].max()) + 1
+    text_positions = packed["position_ids"][0] if packed["position_ids"].dim() == 3 else packed["position_ids"]
+    longest = int(text_positions.max()) + 1
     config = model.language_model.config
+    if hasattr(config, "use_sliding_window"):  # Qwen2 declares its window in use only with this flag
+        config.use_sliding_window = True
     config.sliding_window = longest - 1
     with pytest.raises(ValueError, match=f"a packed sample has {longest} tokens, more than the language model's slid"):
         model(**packed)

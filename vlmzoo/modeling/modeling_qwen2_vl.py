@@ -168,6 +168,14 @@ class ZooQwen2VLModel(ZooQwen2VLPreTrainedModel, ZooVLMModel):
             temporal_advance=config.mrope_temporal_advance,
         )  # fmt: skip
 
+    def packing_position_ids(
+        self, input_ids, attention_mask, image_grid_thw=None, video_grid_thw=None, **family_inputs
+    ) -> torch.LongTensor:
+        """Each sample's (3, B, L) M-RoPE prefill positions in a right-padded batch (what a padding-free batch
+        restarts per sample, ``ZooVLMModel.packing_position_ids``)."""
+        positions, _ = self.get_rope_index(input_ids, None, image_grid_thw, video_grid_thw, attention_mask)
+        return positions
+
     def compute_position_ids(
         self, input_ids, inputs_embeds, attention_mask, position_ids, cache,
         image_grid_thw=None, video_grid_thw=None, mm_token_type_ids=None, **family_inputs,
