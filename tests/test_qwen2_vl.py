@@ -246,3 +246,36 @@ def test_the_family_is_registered():
     family = vlmzoo.get_family("qwen2_vl")
     assert family.config_class is ZooQwen2VLConfig
     assert family.for_generation_class is ZooQwen2VLForConditionalGeneration
+
+
+def test_the_collator_batches_image_and_video_conversations_and_packs_them():
+    """Training data with videos: the collator takes video parts (frames in the messages), learns the replies only,
+    and a packed batch gives the padded batch's loss."""
+    import numpy as np
+    from PIL import Image
+
+    from vlmzoo import presets
+    from vlmzoo.training import VLMDataCollator
+
+    config = presets.get_config("qwen2_vl", "tiny")
+    processor = presets.get_processor("qwen2_vl", "tiny", config)
+    torch.manual_seed(0)
+    model = ZooQwen2VLForConditionalGeneration(config).eval()
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (4, 56, 56, 3), dtype=np.uint8)
+    image = Image.fromarray(rng.integers(0, 256, (60, 90, 3), dtype=np.uint8))
+    examples = [
+        {"messages": [{"role": "user", "content": [{"type": "video", "video": frames}, {"type": "text", "text": "What moves?"}]},
+                      {"role": "assistant", "content": [{"type": "text", "text": "a red circle"}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Color?"}]},
+                      {"role": "assistant", "content": [{"type": "text", "text": "blue"}]}]},
+    ]  # fmt: skip
+    padded = VLMDataCollator(processor, model=model)(examples)
+    assert padded["video_grid_thw"].shape == (1, 3) and padded["image_grid_thw"].shape == (1, 3)
+    learned = padded["labels"][padded["labels"] != -100]
+    assert processor.tokenizer.decode(learned).count("blue") == 1  # the replies (and their end), not the prompts
+    assert not bool(((padded["labels"] != -100) & (padded["input_ids"] == config.video_token_id)).any())
+    packed = VLMDataCollator(processor, model=model, packing=True)(examples)
+    assert packed["position_ids"].shape == (4, 1, int(padded["attention_mask"].sum()))
+    with torch.no_grad():
+        torch.testing.assert_close(model(**packed).loss, model(**padded).loss, rtol=1e-5, atol=1e-5)

@@ -168,9 +168,16 @@ def split_videos(videos) -> list[list]:
         raise ValueError("the video has no frames (an empty list); give at least one frame")
     if all(_is_frame(item) for item in videos):
         return [list(videos)]
+    # videos nested per sample (a batch of conversations: [[video, ...], [], ...]): a sample without videos is an
+    # empty list; otherwise an empty list is a video without frames
+    per_sample = any(
+        isinstance(item, (list, tuple)) and item and not any(_is_frame(frame) for frame in item) for item in videos
+    )
     split = []
     for index, video in enumerate(videos):
         if isinstance(video, (list, tuple)) and not video:
+            if per_sample:
+                continue
             raise ValueError(f"video {index} has no frames (an empty list); give at least one frame per video")
         if _is_frame(video):
             raise TypeError(

@@ -123,10 +123,10 @@ def _is_encoder_decoder(model: Any) -> bool:
     return flag
 
 
-def _check_messages(index: int, messages) -> None:
+def _check_messages(index: int, messages, part_types) -> None:
     """``TypeError`` / ``ValueError`` naming the example, turn and part when a conversation is malformed (the
     processors' own check, ``vlmzoo.processing.chat_templates.check_conversation``; images must be in the messages)."""
-    check_conversation(messages, f"example {index}", need_images=True)
+    check_conversation(messages, f"example {index}", need_images=True, part_types=part_types)
 
 
 @dataclass
@@ -208,7 +208,7 @@ class VLMDataCollator:
         if missing:
             raise ValueError(f"examples {missing} have no (or an empty) 'messages' list of chat turns")
         for index, example in enumerate(examples):
-            _check_messages(index, example["messages"])
+            _check_messages(index, example["messages"], self.processor.chat_part_types)
         conversations = [example["messages"] for example in examples]
         batch = self.processor.apply_chat_template(
             conversations,
