@@ -279,3 +279,59 @@ def test_the_collator_batches_image_and_video_conversations_and_packs_them():
     assert packed["position_ids"].shape == (4, 1, int(padded["attention_mask"].sum()))
     with torch.no_grad():
         torch.testing.assert_close(model(**packed).loss, model(**padded).loss, rtol=1e-5, atol=1e-5)
+
+
+def test_conversion_with_the_processor_matches_transformers_end_to_end(tmp_path, capsys):
+    """A reference saved with transformers' processor (Qwen2VLImageProcessorPil + the tokenizer + chat template):
+    the converted processor gives the same inputs for images of odd sizes, and the converted model the same logits
+    on a left-padded batch and the same greedy generation."""
+    from PIL import Image
+    from transformers import AutoProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from _reference_qwen2_vl import ImageOnlyQwen2VLProcessor
+    from vlmzoo.processing.processing_qwen2_vl import tiny_qwen2_vl_tokenizer
+
+    tokenizer = tiny_qwen2_vl_tokenizer()
+    ids = {name: tokenizer.convert_tokens_to_ids(getattr(tokenizer, token)) for name, token in (
+        ("image_token_id", "image_token"), ("video_token_id", "video_token"),
+        ("vision_start_token_id", "vision_start_token"), ("vision_end_token_id", "vision_end_token"))}  # fmt: skip
+    torch.manual_seed(0)
+    text = {**TEXT, "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "bos_token_id": None}  # fmt: skip
+    reference = Qwen2VLForConditionalGeneration(Qwen2VLConfig(text_config=text, vision_config=dict(VISION), **ids)).eval()
+    with torch.no_grad():  # a tiny random decoder's argmax is one token everywhere: spread its weights
+        for name, parameter in reference.model.language_model.named_parameters():
+            if "norm" not in name:
+                parameter.normal_(0, 0.3)
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
+    reference_processor = ImageOnlyQwen2VLProcessor(image_processor, tokenizer, chat_template=tokenizer.chat_template)
+    source, output = tmp_path / "reference", tmp_path / "converted"
+    reference.save_pretrained(source)
+    reference_processor.save_pretrained(source)
+    assert convert_qwen2_vl.main(["--source", "hf", "--input", str(source), "--output", str(output)]) == 0
+    assert SUMMARY.search(capsys.readouterr().out).group(2, 3) == ("0", "0")
+    model = AutoModelForImageTextToText.from_pretrained(output).eval()
+    processor = AutoProcessor.from_pretrained(output)
+    assert type(processor).__name__ == "ZooQwen2VLProcessor"
+
+    rng = torch.Generator().manual_seed(7)
+    images = [Image.fromarray((torch.rand(h, w, 3, generator=rng) * 255).byte().numpy()) for h, w in ((45, 130), (97, 61))]
+    prompts = [
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is it?<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Color?<|im_end|>\n<|im_start|>assistant\n",
+    ]
+    ours = processor(images=images, text=prompts, return_tensors="pt", padding=True, padding_side="left")
+    theirs = reference_processor(images=images, text=prompts, return_tensors="pt", padding=True, padding_side="left")
+    assert sorted(ours) == sorted(theirs)
+    for key in theirs:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0, msg=key)
+    assert ours["image_grid_thw"].tolist() != [list(ours["image_grid_thw"][0])] * 2  # two different grids
+    with torch.no_grad():
+        expected, logits = reference(**theirs).logits, model(**ours).logits
+    difference = (logits - expected)[ours["attention_mask"].bool()].abs().max().item()
+    assert difference <= PARITY_ATOL, difference
+    settings = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    generated = model.generate(**ours, **settings)
+    assert torch.equal(generated, reference.generate(**theirs, **settings))
+    assert len(set(generated[:, -6:].flatten().tolist())) > 1  # not one token repeated
