@@ -255,21 +255,11 @@ class ZooQwen2VLConfig(ZooVLMConfig):
 
 # ----- presets ------------------------------------------------------------------------------------------
 def tiny_qwen2_vl_text_config(tokenizer) -> dict:
-    """A 2-layer Qwen2 (width 64, head dim 16: 8 rotary frequencies) on ``tokenizer``'s vocabulary."""
-    return {
-        "model_type": "qwen2",
-        "vocab_size": len(tokenizer),
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 4096,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-        "tie_word_embeddings": True,
-    }
+    """The presets' 2-layer decoder (width 64, head dim 16: 8 rotary frequencies) as a Qwen2 with tied embeddings."""
+    from .configuration_llava import tiny_llama_text_config
+
+    return {**tiny_llama_text_config(tokenizer), "model_type": "qwen2", "max_position_embeddings": 4096,
+            "tie_word_embeddings": True}  # fmt: skip
 
 
 TINY_VIT = {
