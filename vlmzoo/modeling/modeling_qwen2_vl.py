@@ -55,7 +55,8 @@ def _checked_patches(name: str, pixels: torch.Tensor, grid_name: str, grid, patc
             f"{name} were given without {grid_name}: pass the (t, h, w) patch grid of each "
             f"{'video' if 'video' in name else 'image'} (the processor returns it)"
         )
-    grid = torch.as_tensor(grid)
+    if not isinstance(grid, torch.Tensor):
+        grid = torch.as_tensor(grid)
     if grid.dim() != 2 or grid.shape[-1] != 3 or grid.is_floating_point():
         raise ValueError(f"{grid_name} must be an integer (N, 3) tensor of (t, h, w) patch counts, got {tuple(grid.shape)}")
     if pixels.dim() != 2 or pixels.shape[-1] != patch_values:
@@ -106,23 +107,22 @@ class ZooQwen2VLModel(ZooQwen2VLPreTrainedModel, ZooVLMModel):
         for other in ("mm_token_type_ids", "image_grid_thw", "video_grid_thw"):
             kwargs.pop(other, None)
         grid = _checked_patches(name, pixels, grid_name, grid, self.patch_values)
-        grid = grid.to(pixels.device)
-        sizes = grid.prod(-1)  # (N,) patches of each image / video
-        total = int(sizes.sum())
-        if total != pixels.shape[0]:
+        # one host read of the grids (transformers reads them too, for the split): every check below is on the list
+        rows = grid.tolist()
+        merge = self.spatial_merge_size
+        sizes = [frames * height * width for frames, height, width in rows]  # patches of each image / video
+        if sum(sizes) != pixels.shape[0]:
             raise ValueError(
-                f"{grid_name} {grid.tolist()} gives {total} patches (t*h*w each) but {name} holds {pixels.shape[0]}: "
+                f"{grid_name} {rows} gives {sum(sizes)} patches (t*h*w each) but {name} holds {pixels.shape[0]}: "
                 f"pass the grids the processor returned with these pixels"
             )
-        merge = self.spatial_merge_size
-        if bool(((grid[:, 1:] % merge) != 0).any()):
-            raise ValueError(
-                f"{grid_name} {grid.tolist()} has rows or columns not divisible by spatial_merge_size {merge}"
-            )
+        if any(height % merge or width % merge for _, height, width in rows):
+            raise ValueError(f"{grid_name} {rows} has rows or columns not divisible by spatial_merge_size {merge}")
+        grid = grid.to(pixels.device)
         outputs = self.vision_tower(pixels.to(floating_dtype(self.vision_tower)), grid_thw=grid, return_dict=True, **kwargs)
         # (patches, embed_dim) -> (patches / merge^2, text width): the merger groups each 2x2 block of patches
         merged = self.multi_modal_projector(outputs.last_hidden_state)
-        outputs.pooler_output = torch.split(merged, (sizes // merge**2).tolist())
+        outputs.pooler_output = torch.split(merged, [size // merge**2 for size in sizes])
         return outputs
 
     @can_return_tuple
