@@ -243,6 +243,20 @@ class ZooQwen2VLConfig(ZooVLMConfig):
                 f"gives half the frequencies to rows and half to columns"
             )
 
+    def demo_overrides(self) -> tuple[dict, str]:
+        """``vlmzoo demo``: stage 2 also trains the ViT, and M-RoPE's rotations reach across the 4 x 4 token grid."""
+        stages = {name: list(parts) for name, parts in self.training_stages.items()}
+        stages["instruct"] = ["vision_tower", "multi_modal_projector", "language_model"]
+        text = self.text_config.to_dict()
+        text["rope_parameters"] = {**text["rope_parameters"], "rope_theta": 10.0}
+        why = (
+            "with demo overrides: stage 2 trains the ViT too (the paper freezes its pretrained one), and M-RoPE\n"
+            "  gives the height and width streams 4 frequencies each (mrope_section [0, 4, 4], rope_theta 10; preset:\n"
+            "  [2, 3, 3], 10,000). With head dims of 16 the preset's width stream turns by under 0.01 rad across the\n"
+            "  4 x 4 token grid, and the demo's random ViT has no absolute positions: the position questions need both."
+        )
+        return {"training_stages": stages, "text_config": text, "mrope_section": [0, 4, 4]}, why
+
     def demo_image_size(self) -> int:
         """``vlmzoo demo``'s images: 112 px, an 8 x 8 patch grid that merges into 16 tokens (as the other tiny presets)."""
         return 8 * self.vision_config.patch_size
