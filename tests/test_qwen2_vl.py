@@ -335,3 +335,17 @@ def test_conversion_with_the_processor_matches_transformers_end_to_end(tmp_path,
     generated = model.generate(**ours, **settings)
     assert torch.equal(generated, reference.generate(**theirs, **settings))
     assert len(set(generated[:, -6:].flatten().tolist())) > 1  # not one token repeated
+
+
+def test_quick_demo_runs_both_stages_with_its_overrides(tmp_path):
+    from vlmzoo import demo
+
+    args = demo.parse_args(["--quick", "--family", "qwen2_vl", "--output-dir", str(tmp_path), "--num-eval", "6"])
+    result = demo.run_demo(args)
+    assert [stage.name for stage in result.stages] == ["align", "instruct"]
+    align, instruct = (stage.trainable for stage in result.stages)
+    assert align["language_model"] == 0 and align["vision_tower"] > 0 and align["multi_modal_projector"] > 0
+    assert instruct["vision_tower"] > 0 and instruct["language_model"] > 0  # the demo's override (printed)
+    assert result.model.config.mrope_section == [0, 4, 4]
+    assert type(result.reloaded_model) is ZooQwen2VLForConditionalGeneration
+    assert result.reloaded_model.config.mrope_section == [0, 4, 4]  # saved with the model
