@@ -57,6 +57,12 @@ def _seq2seq_inputs(kwargs: dict) -> dict:
 class EncoderDecoderModelMixin:
     """For a family's base model (before ``ZooVLMModel`` in the bases): the encoder-decoder path of ``forward``."""
 
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        # structural (the language model was built from the text config): read on every forward, where a transformers
+        # config read costs ~1 us
+        self._encoder_decoder_lm = bool(config.is_encoder_decoder)
+
     def get_encoder(self, modality: str | None = None):
         """The text encoder of an encoder-decoder LM (as native BLIP-2); a modality's encoder otherwise."""
         if modality is None and self.config.is_encoder_decoder:
@@ -67,7 +73,7 @@ class EncoderDecoderModelMixin:
         self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, pixel_inputs, family_inputs,
         mm_encoder_outputs, kwargs,
     ):  # fmt: skip
-        if not self.config.is_encoder_decoder:
+        if not self._encoder_decoder_lm:
             return super().multimodal_forward(
                 input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, pixel_inputs, family_inputs,
                 mm_encoder_outputs, kwargs,
@@ -129,8 +135,12 @@ class EncoderDecoderGenerationMixin:
     """For a family's generation class (before ``ZooVLMForConditionalGeneration`` in the bases): the decoder's
     targets, the head's scaling, the unshifted loss and ``generate()``'s encoding of the prompt."""
 
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        self._encoder_decoder_lm = bool(config.is_encoder_decoder)  # structural, read on every forward (as above)
+
     def language_modeling_forward(self, labels, logits_to_keep, model_inputs: dict, kwargs: dict):
-        if not self.config.is_encoder_decoder:
+        if not self._encoder_decoder_lm:
             return super().language_modeling_forward(labels, logits_to_keep, model_inputs, kwargs)
         text_config = self.config.get_text_config()
         model_inputs = {**model_inputs, **_seq2seq_inputs(kwargs)}  # the decoder side, wherever it was given

@@ -577,9 +577,12 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
             if isinstance(inputs, torch.Tensor) and inputs.dim() >= 2:
                 check_labels(labels, inputs.shape[0], inputs.shape[1], vocab_size=self.config.text_config.vocab_size)
         if labels is None and self._is_text_decode_step(model_inputs):
+            # the language model's own output: no media outputs (and no failed attribute lookups for them)
             outputs = self.model.text_decode_step(model_inputs, kwargs)
+            image_outputs = video_outputs = None
         else:
             outputs = self.model(**model_inputs, return_dict=True, **kwargs)
+            image_outputs, video_outputs = getattr(outputs, "image_outputs", None), getattr(outputs, "video_outputs", None)
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
@@ -591,8 +594,8 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_outputs=getattr(outputs, "image_outputs", None),
-            video_outputs=getattr(outputs, "video_outputs", None),
+            image_outputs=image_outputs,
+            video_outputs=video_outputs,
         )
 
     def _is_text_decode_step(self, model_inputs: dict) -> bool:
