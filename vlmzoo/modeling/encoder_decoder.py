@@ -144,11 +144,14 @@ class EncoderDecoderGenerationMixin:
             return super().language_modeling_forward(labels, logits_to_keep, model_inputs, kwargs)
         text_config = self.config.get_text_config()
         model_inputs = {**model_inputs, **_seq2seq_inputs(kwargs)}  # the decoder side, wherever it was given
+        learned = None  # the learned targets (unshifted), counted by the label check's host read
         if labels is not None:
             # the decoder's targets; without decoder inputs the decoder reads them shifted right (as T5 does)
             decoder_ids = model_inputs.get("decoder_input_ids")
             target_shape = decoder_ids.shape if decoder_ids is not None else labels.shape[:2]
-            check_labels(labels, *target_shape, decoder=True, vocab_size=text_config.vocab_size)
+            learned = check_labels(
+                labels, *target_shape, decoder=True, vocab_size=text_config.vocab_size, count_learned_from=0
+            )
             if decoder_ids is None:
                 refuse_decoder_only_labels(labels, model_inputs.get("input_ids"))
             if decoder_ids is None and model_inputs.get("decoder_inputs_embeds") is None:
@@ -162,8 +165,8 @@ class EncoderDecoderGenerationMixin:
         loss = None
         if labels is not None:
             # a decoder's labels are aligned with its inputs (it reads them shifted right): not shifted again
-            kwargs.setdefault("shift_labels", labels.contiguous())
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=text_config.vocab_size, **kwargs)
+            shift_labels = None if "shift_labels" in kwargs else labels.contiguous()
+            loss = self.language_modeling_loss(logits, labels, text_config.vocab_size, learned, kwargs, shift_labels)
         fields = {name: getattr(outputs, name) for name in ZooVLMSeq2SeqModelOutput.__dataclass_fields__}
         fields.pop("last_hidden_state")
         return ZooVLMSeq2SeqLMOutput(loss=loss, logits=logits, **fields)

@@ -144,11 +144,36 @@ def _check_ids_in_vocabulary(
     # eager: what torch_compilable_check does there (transformers' switch that turns its checks off included), with
     # one reduction and one host read in place of three elementwise ops, an all() and its item(); a decode step never
     # gets here (module docstring)
-    if os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK", "0") == "1" or input_ids.numel() == 0:
+    if _checks_disabled() or input_ids.numel() == 0:
         return
     low, high = torch.stack(torch.aminmax(input_ids)).tolist()
     if low < 0 or high >= vocab_size:
         raise ValueError(message())
+
+
+def _checks_disabled() -> bool:
+    """transformers' switch that turns ``torch_compilable_check`` off (``TRANSFORMERS_DISABLE_TORCH_CHECK=1``), which
+    the eager forms of the data checks honour as well."""
+    return os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK", "0") == "1"
+
+
+def check_feature_count(mask: torch.Tensor, hidden: int, num_features: int, message: Callable[[int], str]) -> None:
+    """The placeholders of ``mask`` (a bool mask over the tokens) times the width ``hidden`` must equal the number of
+    feature values (``num_features``): ``ValueError(message(placeholder count))`` otherwise.
+
+    Traced (compile / export / graph capture): ``torch_compilable_check``, a compiler hint. Eager: one reduction and
+    one host read of the count, compared on the host (what ``torch_compilable_check`` does there, without its
+    multiply, compare, all() and wrapper calls); ``TRANSFORMERS_DISABLE_TORCH_CHECK=1`` turns it off as it does
+    transformers' checks. Runs only where features are placed (prefill / image calls), never on a text decode step."""
+    if is_tracing():
+        num_tokens = mask.sum()
+        torch_compilable_check(num_tokens * hidden == num_features, lambda: message(int(num_tokens)))
+        return
+    if _checks_disabled():
+        return
+    num_tokens = int(mask.sum())
+    if num_tokens * hidden != num_features:
+        raise ValueError(message(num_tokens))
 
 
 def check_pixel_input(name: str, pixels) -> None:
@@ -166,10 +191,18 @@ def check_pixel_input(name: str, pixels) -> None:
         )
 
 
-def check_labels(labels, batch: int, length: int, decoder: bool = False, vocab_size: int | None = None) -> None:
+def check_labels(
+    labels, batch: int, length: int, decoder: bool = False, vocab_size: int | None = None,
+    count_learned_from: int | None = None,
+) -> int | None:  # fmt: skip
     """Labels: integer ids (-100 ignored) of the same (batch, sequence) shape as the inputs (a causal LM) or as the
     ``decoder_input_ids`` (an encoder-decoder LM, ``decoder=True``), and, given ``vocab_size``, inside the vocabulary
-    (one host read: labels come with training steps, never with decode steps)."""
+    (one host read: labels come with training steps, never with decode steps).
+
+    ``count_learned_from``: also count, in that same host read, the learned labels (not -100) from that position of
+    each row on (1: what a causal loss compares after its shift; 0: an encoder-decoder's unshifted targets) and return
+    the count, so the loss needs no reduction of its own to divide by it. ``None`` is returned without it, for empty
+    labels, and when traced (compile / export: the range check is then ``torch_compilable_check``'s hint)."""
     _require_tensor("labels", labels, "target ids of shape (batch, sequence), -100 where ignored")
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise TypeError(f"labels must hold integer token ids (-100 where ignored), got dtype {labels.dtype}")
@@ -182,14 +215,31 @@ def check_labels(labels, batch: int, length: int, decoder: bool = False, vocab_s
         raise ValueError(
             f"labels have shape {_shape(labels)} but the {inputs} are ({batch}, {length}); labels need {hint}"
         )
-    if vocab_size is not None and labels.numel() > 0:
-        # the ignored positions read as 0, so any other negative label is the minimum (no boolean-index copy)
-        low, high = torch.stack(torch.aminmax(labels.masked_fill(labels == IGNORE_INDEX, 0))).tolist()
-        if low < 0 or high >= vocab_size:
-            raise ValueError(
-                f"labels hold ids from {low} to {high}, outside the vocabulary [0, {vocab_size}) (-100, and only "
-                f"-100, marks a position where nothing is learned); build them from the model's tokenizer"
-            )
+    if vocab_size is None or labels.numel() == 0:
+        return None
+    ignored = labels == IGNORE_INDEX
+    # the ignored positions read as 0, so any other negative label is the minimum (no boolean-index copy)
+    kept = labels.masked_fill(ignored, 0)
+    if is_tracing():
+        torch_compilable_check(
+            ((kept >= 0) & (kept < vocab_size)).all(),
+            lambda: f"labels hold ids outside the vocabulary [0, {vocab_size}) (-100, and only -100, marks a position "
+            f"where nothing is learned); build them from the model's tokenizer",
+        )
+        return None
+    stats = [*torch.aminmax(kept)]
+    if count_learned_from is not None:
+        stats.append(ignored[..., count_learned_from:].sum())
+    values = torch.stack(stats).tolist()
+    low, high = values[0], values[1]
+    if low < 0 or high >= vocab_size:
+        raise ValueError(
+            f"labels hold ids from {low} to {high}, outside the vocabulary [0, {vocab_size}) (-100, and only "
+            f"-100, marks a position where nothing is learned); build them from the model's tokenizer"
+        )
+    if count_learned_from is None:
+        return None
+    return labels[..., count_learned_from:].numel() - values[2]
 
 
 def check_decoder_inputs(

@@ -28,6 +28,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _torch_module
 from transformers import AutoModel, GenerationMixin, PreTrainedConfig
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -37,13 +38,13 @@ from transformers.utils import (
     TransformersKwargs,
     is_torchdynamo_compiling,
     logging,
-    torch_compilable_check,
 )
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from .encoder_decoder import SEQ2SEQ_INPUT_NAMES
 from .input_checks import (
+    check_feature_count,
     check_generation_mask,
     check_labels,
     check_pixel_input,
@@ -106,8 +107,9 @@ class ZooVLMModel(ZooPreTrainedModel):
     # out-of-vocabulary token id -> what it means and the fix, added to the vocabulary error (``{image_token_id}``
     # is filled in): ids that prompts made by another code base carry
     token_hints: ClassVar[dict[int, str]] = {}
-    # the attribute of the language model that a text decode step runs, when the language model's own forward only
-    # repackages that module's output (as a native causal-LM head calls its decoder stack directly); None: the model
+    # the attribute of the language model that the forwards run (unless something hooks the language model), when the
+    # language model's own forward only repackages that module's output (as a native causal-LM head calls its decoder
+    # stack directly); None: the model
     language_model_stack: ClassVar[str | None] = None
     # modality -> the method whose output the forward places at that modality's placeholders (and generate() encodes
     # once before prefill); default `get_<modality>_features`. A family whose `get_image_features` follows a native API
@@ -212,13 +214,16 @@ class ZooVLMModel(ZooPreTrainedModel):
             return inputs_embeds
         pooled = encoder_output.pooler_output
         hidden = inputs_embeds.shape[-1]
-        # per-item list of (tokens_i, hidden), or a (items, tokens, hidden) tensor -> (total tokens, hidden)
-        features = torch.cat([item.reshape(-1, item.shape[-1]) for item in pooled], dim=0)
-        num_tokens = mask.sum()
-        torch_compilable_check(
-            num_tokens * hidden == features.numel(),
-            lambda: _count_mismatch_message(modality, int(num_tokens), features, hidden, cache),
-        )
+        # per-item list of (tokens_i, hidden), or a (items, tokens, hidden) tensor -> (total tokens, hidden); a single
+        # item as a view (no copy, no cat node in the backward graph)
+        if len(pooled) == 1:
+            features = pooled[0].reshape(-1, pooled[0].shape[-1])
+        else:
+            features = torch.cat([item.reshape(-1, item.shape[-1]) for item in pooled], dim=0)
+        check_feature_count(
+            mask, hidden, features.numel(),
+            lambda num_tokens: _count_mismatch_message(modality, num_tokens, features, hidden, cache),
+        )  # fmt: skip
         features = features.to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(mask.unsqueeze(-1), features)
 
@@ -319,7 +324,7 @@ class ZooVLMModel(ZooPreTrainedModel):
         position_ids = self.compute_position_ids(
             input_ids, inputs_embeds, attention_mask, position_ids, cache, **family_inputs
         )
-        outputs = self.language_model(
+        outputs = self._language_model_to_run()(
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
@@ -337,6 +342,16 @@ class ZooVLMModel(ZooPreTrainedModel):
             video_outputs=mm_encoder_outputs.get("video"),
         )
 
+    def _language_model_to_run(self) -> nn.Module:
+        """The module a forward calls for the language model: the ``language_model_stack`` submodule (the decoder stack
+        whose output the language model's forward only repackages: native causal-LM heads such as OPTForCausalLM call
+        it directly) when calling the language model would run nothing but its forward (no hooks, no instance-level
+        ``forward``, not ``compile()``d); else the language model, so that whatever was attached to it runs."""
+        language_model = self.language_model
+        if self.language_model_stack is None or not _runs_forward_only(language_model):
+            return language_model
+        return getattr(language_model, self.language_model_stack)
+
     def text_decode_step(self, model_inputs: dict, kwargs: dict):
         """A decode step with no media (see ``ZooVLMForConditionalGeneration._is_text_decode_step``): the ids, mask and
         positions checked as every call's (one cached token: no vocabulary check), then the language model."""
@@ -348,10 +363,7 @@ class ZooVLMModel(ZooPreTrainedModel):
             refuse_decoder_inputs(self.config, kwargs)
         # one token with a cache: the checks read shapes only (no vocabulary, no width)
         check_text_inputs(input_ids, None, attention_mask, True, 0, 0, None, position_ids)
-        stack = self.language_model
-        if self.language_model_stack is not None:
-            stack = getattr(stack, self.language_model_stack)
-        return stack(
+        return self._language_model_to_run()(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -417,6 +429,17 @@ def _learned_position_limit(language_model: nn.Module, text_config: PreTrainedCo
         if isinstance(module, nn.Embedding) and "position" in name.rsplit(".", 1)[-1]:
             return limit
     return None
+
+
+def _runs_forward_only(module: nn.Module) -> bool:
+    """Whether ``module(...)`` would only run ``type(module).forward``: no hooks of its own and no global module hooks,
+    no instance-level ``forward`` (accelerate's device hooks, a patch), not ``module.compile()``d."""
+    return not (
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+        or _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks
+        or _torch_module._global_backward_hooks or _torch_module._global_backward_pre_hooks
+        or "forward" in module.__dict__ or module._compiled_call_impl is not None
+    )  # fmt: skip
 
 
 def given(**inputs) -> dict:
@@ -571,11 +594,15 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
         """What every family's ``forward`` runs: the base model over ``model_inputs`` (its forward's keyword
         inputs), the LM head on the kept positions and, with ``labels``, the loss (``self.loss_function``, which
         shifts the labels and honours ``num_items_in_batch``)."""
+        learned = None  # the learned targets after the loss's shift, counted by the label check's host read
         if labels is not None:
+            vocab_size = self.config.text_config.vocab_size
             inputs = model_inputs.get("input_ids")
             inputs = inputs if inputs is not None else model_inputs.get("inputs_embeds")
             if isinstance(inputs, torch.Tensor) and inputs.dim() >= 2:
-                check_labels(labels, inputs.shape[0], inputs.shape[1], vocab_size=self.config.text_config.vocab_size)
+                learned = check_labels(
+                    labels, inputs.shape[0], inputs.shape[1], vocab_size=vocab_size, count_learned_from=1
+                )
         if labels is None and self._is_text_decode_step(model_inputs):
             # the language model's own output: no media outputs (and no failed attribute lookups for them)
             outputs = self.model.text_decode_step(model_inputs, kwargs)
@@ -586,8 +613,7 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
-            vocab_size = self.config.text_config.vocab_size
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)
+            loss = self.language_modeling_loss(logits, labels, vocab_size, learned, kwargs)
         return ZooVLMCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
