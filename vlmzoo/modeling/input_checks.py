@@ -18,7 +18,20 @@ import os
 from collections.abc import Callable, Mapping
 
 import torch
-from transformers.utils import is_tracing, torch_compilable_check
+from transformers.utils import torch_compilable_check
+
+
+def is_tracing() -> bool:
+    """What transformers' ``is_tracing()`` answers (dynamo compile or export, the jit tracer, CUDA or XPU graph
+    capture), at a tenth of its cost (~0.3 us instead of ~5 us on every prefill and train step's data checks): a graph
+    capture needs an initialised device, so the capture checks run only then."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or (torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing())
+        or (torch.xpu.is_initialized() and torch.xpu.is_current_stream_capturing())
+    )
+
 
 def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
     return tuple(tensor.shape)
