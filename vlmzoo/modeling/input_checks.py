@@ -15,7 +15,7 @@ assert on a GPU. They stay cheap and ``torch.compile(fullgraph=True)``-safe:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from transformers.utils import torch_compilable_check
@@ -63,12 +63,17 @@ def check_text_inputs(
     position_ids: torch.Tensor | None = None,
     prefix: str = "",
     token_hints: Mapping[int, str] | None = None,
-) -> None:
+    placeholder_masks: Sequence[torch.Tensor] = (),
+) -> list[int] | None:
     """The ids (or embeddings), the attention mask and the positions of a forward: types, shapes, a non-empty batch,
     ids in the vocabulary (see the module docstring for when that runs). ``prefix="decoder_"`` checks an
     encoder-decoder's decoder side (``decoder_input_ids``, ``decoder_inputs_embeds``, ``decoder_attention_mask``).
     ``token_hints``: out-of-vocabulary id -> what it means and what to do instead (a family's hook, e.g. an id
-    that another code base puts in prompts; ``{image_token_id}`` in it is filled in)."""
+    that another code base puts in prompts; ``{image_token_id}`` in it is filled in).
+
+    ``placeholder_masks``: bool masks over the ids (the placeholders whose features the forward will place); their
+    counts come back from the vocabulary check's host read (one read per prefill, before any encoder runs), or
+    ``None`` where that read does not happen (a decode step, traced, ``TRANSFORMERS_DISABLE_TORCH_CHECK=1``)."""
     ids_name, embeds_name = f"{prefix}input_ids", f"{prefix}inputs_embeds"
     if input_ids is not None:
         _require_tensor(ids_name, input_ids, "token ids of shape (batch, sequence)")
@@ -108,7 +113,10 @@ def check_text_inputs(
             f"position per input token (when generate() derived them, the attention_mask had the wrong length)"
         )
     if input_ids is not None and (length > 1 or not has_cache):
-        _check_ids_in_vocabulary(input_ids, vocab_size, image_token_id, ids_name, token_hints or {})
+        return _check_ids_in_vocabulary(
+            input_ids, vocab_size, image_token_id, ids_name, token_hints or {}, placeholder_masks
+        )
+    return None
 
 
 def _check_attention_mask(attention_mask, batch: int, length: int, has_cache: bool, name="attention_mask") -> None:
@@ -136,8 +144,9 @@ def check_generation_mask(attention_mask, input_ids) -> None:
 
 
 def _check_ids_in_vocabulary(
-    input_ids: torch.Tensor, vocab_size: int, image_token_id, name: str, token_hints: Mapping[int, str]
-) -> None:
+    input_ids: torch.Tensor, vocab_size: int, image_token_id, name: str, token_hints: Mapping[int, str],
+    placeholder_masks: Sequence[torch.Tensor] = (),
+) -> list[int] | None:  # fmt: skip
     def message() -> str:
         text = (
             f"{name} hold token ids outside the vocabulary [0, {vocab_size}): values from {int(input_ids.min())} "
@@ -153,15 +162,16 @@ def _check_ids_in_vocabulary(
 
     if is_tracing():  # torch.compile / export / jit / graph capture: a compiler hint, no host read of the ids
         torch_compilable_check(((input_ids >= 0) & (input_ids < vocab_size)).all(), message)
-        return
+        return None
     # eager: what torch_compilable_check does there (transformers' switch that turns its checks off included), with
-    # one reduction and one host read in place of three elementwise ops, an all() and its item(); a decode step never
-    # gets here (module docstring)
+    # one reduction and one host read in place of three elementwise ops, an all() and its item(); the placeholder
+    # counts ride along in that read. A decode step never gets here (module docstring)
     if _checks_disabled() or input_ids.numel() == 0:
-        return
-    low, high = torch.stack(torch.aminmax(input_ids)).tolist()
-    if low < 0 or high >= vocab_size:
+        return None
+    values = torch.stack([*torch.aminmax(input_ids), *(mask.sum() for mask in placeholder_masks)]).tolist()
+    if values[0] < 0 or values[1] >= vocab_size:
         raise ValueError(message())
+    return values[2:]
 
 
 def _checks_disabled() -> bool:
@@ -170,21 +180,26 @@ def _checks_disabled() -> bool:
     return os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK", "0") == "1"
 
 
-def check_feature_count(mask: torch.Tensor, hidden: int, num_features: int, message: Callable[[int], str]) -> None:
+def check_feature_count(
+    mask: torch.Tensor, hidden: int, num_features: int, message: Callable[[int], str], num_tokens: int | None = None
+) -> None:
     """The placeholders of ``mask`` (a bool mask over the tokens) times the width ``hidden`` must equal the number of
-    feature values (``num_features``): ``ValueError(message(placeholder count))`` otherwise.
+    feature values (``num_features``): ``ValueError(message(placeholder count))`` otherwise. ``num_tokens``: the count
+    already read on the host (by the vocabulary check's read, ``check_text_inputs(placeholder_masks=...)``), compared
+    as it is.
 
     Traced (compile / export / graph capture): ``torch_compilable_check``, a compiler hint. Eager: one reduction and
     one host read of the count, compared on the host (what ``torch_compilable_check`` does there, without its
     multiply, compare, all() and wrapper calls); ``TRANSFORMERS_DISABLE_TORCH_CHECK=1`` turns it off as it does
     transformers' checks. Runs only where features are placed (prefill / image calls), never on a text decode step."""
-    if is_tracing():
-        num_tokens = mask.sum()
-        torch_compilable_check(num_tokens * hidden == num_features, lambda: message(int(num_tokens)))
-        return
-    if _checks_disabled():
-        return
-    num_tokens = int(mask.sum())
+    if num_tokens is None:
+        if is_tracing():
+            count = mask.sum()
+            torch_compilable_check(count * hidden == num_features, lambda: message(int(count)))
+            return
+        if _checks_disabled():
+            return
+        num_tokens = int(mask.sum())
     if num_tokens * hidden != num_features:
         raise ValueError(message(num_tokens))
 

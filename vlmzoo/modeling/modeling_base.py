@@ -193,8 +193,11 @@ class ZooVLMModel(ZooPreTrainedModel):
         inputs_embeds: torch.Tensor,
         encoder_output: BaseModelOutputWithPooling | None,
         cache: Cache | None,
+        mask: torch.Tensor | None = None,
+        num_tokens: int | None = None,
     ) -> torch.Tensor:
-        """Write a modality's embeddings at its placeholders, after checking that the counts agree."""
+        """Write a modality's embeddings at its placeholders, after checking that the counts agree. ``mask`` /
+        ``num_tokens``: the placeholder mask and its count when already made (``embed_multimodal``)."""
         token_id = getattr(self.config, f"{modality}_token_id")
         if token_id is None:
             if encoder_output is None:
@@ -203,7 +206,8 @@ class ZooVLMModel(ZooPreTrainedModel):
                 f"config.{modality}_token_id is not set, so the {modality} features have no placeholders; set it to "
                 f"the tokenizer's {modality} token id (the processor's `{modality}_token_id`)"
             )
-        mask = self.get_placeholder_mask(input_ids, inputs_embeds, token_id)
+        if mask is None:
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, token_id)
         if encoder_output is None:
             # native behaviour: placeholders without pixels embed as ordinary tokens; say why once
             if not is_torchdynamo_compiling() and (cache is None or cache.get_seq_length() == 0) and mask.any():
@@ -217,12 +221,13 @@ class ZooVLMModel(ZooPreTrainedModel):
         # per-item list of (tokens_i, hidden), or a (items, tokens, hidden) tensor -> (total tokens, hidden); a single
         # item as a view (no copy, no cat node in the backward graph)
         if len(pooled) == 1:
-            features = pooled[0].reshape(-1, pooled[0].shape[-1])
+            features = pooled[0]
+            features = features if features.dim() == 2 else features.reshape(-1, features.shape[-1])
         else:
             features = torch.cat([item.reshape(-1, item.shape[-1]) for item in pooled], dim=0)
         check_feature_count(
             mask, hidden, features.numel(),
-            lambda num_tokens: _count_mismatch_message(modality, num_tokens, features, hidden, cache),
+            lambda count: _count_mismatch_message(modality, count, features, hidden, cache), num_tokens,
         )  # fmt: skip
         features = features.to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(mask.unsqueeze(-1), features)
@@ -237,8 +242,11 @@ class ZooVLMModel(ZooPreTrainedModel):
                 f"use fewer or smaller images"
             )
 
-    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, embeddings) -> None:
-        """Refuse inputs the model cannot compute, with the cause (``input_checks``; cheap, compile-safe).
+    def _check_inputs(
+        self, input_ids, inputs_embeds, attention_mask, position_ids, cache, embeddings, placeholder_masks=()
+    ) -> list[int] | None:
+        """Refuse inputs the model cannot compute, with the cause (``input_checks``; cheap, compile-safe). Returns
+        the counts of ``placeholder_masks`` when the vocabulary check read them (``check_text_inputs``), else None.
 
         The vocabulary and the width come from the input embeddings themselves (what the ids index, what
         ``inputs_embeds`` must match): a transformers config read costs ~1 us, so none is made on the way."""
@@ -247,12 +255,14 @@ class ZooVLMModel(ZooPreTrainedModel):
         if vocab_size is None or hidden_size is None:
             text_config = self.config.get_text_config()
             vocab_size, hidden_size = text_config.vocab_size, text_config.hidden_size
-        check_text_inputs(
+        counts = check_text_inputs(
             input_ids, inputs_embeds, attention_mask, cache is not None, vocab_size, hidden_size,
             self._image_token_id_for_messages, position_ids, token_hints=self.token_hints,
+            placeholder_masks=placeholder_masks,
         )  # fmt: skip
         if self.position_limit is not None:
             self._check_positions((input_ids if input_ids is not None else inputs_embeds).shape[1], cache)
+        return counts
 
     def _image_token_id_for_messages(self) -> int | None:
         return getattr(self.config, "image_token_id", None)
@@ -279,7 +289,20 @@ class ZooVLMModel(ZooPreTrainedModel):
         if mm_encoder_outputs and any(pixels is not None for pixels in pixel_inputs.values()):
             raise ValueError("pass either pixel_values or pre-computed mm_encoder_outputs, not both")
         embeddings = self.get_input_embeddings()
-        self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, cache, embeddings)
+        # the placeholder masks of the modalities with features to place, made first so that their counts come with
+        # the vocabulary check's host read: one read per prefill, before the encoders run (no sync waits for them)
+        masks = {}
+        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2:
+            for modality, pixel_name in self.modality_pixel_inputs.items():
+                if pixel_inputs.get(pixel_name) is None and (mm_encoder_outputs or {}).get(modality) is None:
+                    continue
+                token_id = getattr(self.config, f"{modality}_token_id")
+                if token_id is not None:
+                    masks[modality] = self.get_placeholder_mask(input_ids, None, token_id)
+        counts = self._check_inputs(
+            input_ids, inputs_embeds, attention_mask, position_ids, cache, embeddings, tuple(masks.values())
+        )
+        counts = dict(zip(masks, counts)) if counts is not None else {}
         # encode the pixels before embedding the text: backward then reaches the (possibly lm_head-tied)
         # embeddings before the encoders, so their gradient is accumulated before the encoders' gradients
         # exist (a lower training peak, as transformers' BLIP-2 orders it)
@@ -294,8 +317,9 @@ class ZooVLMModel(ZooPreTrainedModel):
             inputs_embeds = embeddings(input_ids)
         for modality in self.modality_pixel_inputs:
             inputs_embeds = self._place_features(
-                modality, input_ids, inputs_embeds, mm_encoder_outputs.get(modality), cache
-            )
+                modality, input_ids, inputs_embeds, mm_encoder_outputs.get(modality), cache, masks.get(modality),
+                counts.get(modality),
+            )  # fmt: skip
         return inputs_embeds, mm_encoder_outputs
 
     # ----- forward ------------------------------------------------------------------------------------
