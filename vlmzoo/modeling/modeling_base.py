@@ -198,17 +198,18 @@ class ZooVLMModel(ZooPreTrainedModel):
     ) -> torch.Tensor:
         """Write a modality's embeddings at its placeholders, after checking that the counts agree. ``mask`` /
         ``num_tokens``: the placeholder mask and its count when already made (``embed_multimodal``)."""
-        token_id = getattr(self.config, f"{modality}_token_id")
-        if token_id is None:
-            if encoder_output is None:
-                return inputs_embeds
-            raise ValueError(
-                f"config.{modality}_token_id is not set, so the {modality} features have no placeholders; set it to "
-                f"the tokenizer's {modality} token id (the processor's `{modality}_token_id`)"
-            )
-        if mask is None:
+        if mask is None:  # (a given mask was made from a set token id: no second config read, ~1 us)
+            token_id = getattr(self.config, f"{modality}_token_id")
+            if token_id is None:
+                if encoder_output is None:
+                    return inputs_embeds
+                raise ValueError(
+                    f"config.{modality}_token_id is not set, so the {modality} features have no placeholders; set it "
+                    f"to the tokenizer's {modality} token id (the processor's `{modality}_token_id`)"
+                )
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, token_id)
         if encoder_output is None:
+            token_id = getattr(self.config, f"{modality}_token_id")
             # native behaviour: placeholders without pixels embed as ordinary tokens; say why once
             if not is_torchdynamo_compiling() and (cache is None or cache.get_seq_length() == 0) and mask.any():
                 logger.warning_once(
