@@ -57,6 +57,12 @@ def _seq2seq_inputs(kwargs: dict) -> dict:
 class EncoderDecoderModelMixin:
     """For a family's base model (before ``ZooVLMModel`` in the bases): the encoder-decoder path of ``forward``."""
 
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        # structural (the language model was built from the text config): read on every forward, where a transformers
+        # config read costs ~1 us
+        self._encoder_decoder_lm = bool(config.is_encoder_decoder)
+
     def get_encoder(self, modality: str | None = None):
         """The text encoder of an encoder-decoder LM (as native BLIP-2); a modality's encoder otherwise."""
         if modality is None and self.config.is_encoder_decoder:
@@ -67,7 +73,7 @@ class EncoderDecoderModelMixin:
         self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, pixel_inputs, family_inputs,
         mm_encoder_outputs, kwargs,
     ):  # fmt: skip
-        if not self.config.is_encoder_decoder:
+        if not self._encoder_decoder_lm:
             return super().multimodal_forward(
                 input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, pixel_inputs, family_inputs,
                 mm_encoder_outputs, kwargs,
@@ -131,16 +137,23 @@ class EncoderDecoderGenerationMixin:
     """For a family's generation class (before ``ZooVLMForConditionalGeneration`` in the bases): the decoder's
     targets, the head's scaling, the unshifted loss and ``generate()``'s encoding of the prompt."""
 
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        self._encoder_decoder_lm = bool(config.is_encoder_decoder)  # structural, read on every forward (as above)
+
     def language_modeling_forward(self, labels, logits_to_keep, model_inputs: dict, kwargs: dict):
-        if not self.config.is_encoder_decoder:
+        if not self._encoder_decoder_lm:
             return super().language_modeling_forward(labels, logits_to_keep, model_inputs, kwargs)
         text_config = self.config.get_text_config()
         model_inputs = {**model_inputs, **_seq2seq_inputs(kwargs)}  # the decoder side, wherever it was given
+        learned = None  # the learned targets (unshifted), counted by the label check's host read
         if labels is not None:
             # the decoder's targets; without decoder inputs the decoder reads them shifted right (as T5 does)
             decoder_ids = model_inputs.get("decoder_input_ids")
             target_shape = decoder_ids.shape if decoder_ids is not None else labels.shape[:2]
-            check_labels(labels, *target_shape, decoder=True, vocab_size=text_config.vocab_size)
+            learned = check_labels(
+                labels, *target_shape, decoder=True, vocab_size=text_config.vocab_size, count_learned_from=0
+            )
             if decoder_ids is None:
                 refuse_decoder_only_labels(labels, model_inputs.get("input_ids"))
             if decoder_ids is None and model_inputs.get("decoder_inputs_embeds") is None:
@@ -154,8 +167,8 @@ class EncoderDecoderGenerationMixin:
         loss = None
         if labels is not None:
             # a decoder's labels are aligned with its inputs (it reads them shifted right): not shifted again
-            kwargs.setdefault("shift_labels", labels.contiguous())
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=text_config.vocab_size, **kwargs)
+            shift_labels = None if "shift_labels" in kwargs else labels.contiguous()
+            loss = self.language_modeling_loss(logits, labels, text_config.vocab_size, learned, kwargs, shift_labels)
         fields = {name: getattr(outputs, name) for name in ZooVLMSeq2SeqModelOutput.__dataclass_fields__}
         fields.pop("last_hidden_state")
         return ZooVLMSeq2SeqLMOutput(loss=loss, logits=logits, **fields)

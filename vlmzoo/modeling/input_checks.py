@@ -15,10 +15,23 @@ assert on a GPU. They stay cheap and ``torch.compile(fullgraph=True)``-safe:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
-from transformers.utils import is_tracing, torch_compilable_check
+from transformers.utils import torch_compilable_check
+
+
+def is_tracing() -> bool:
+    """What transformers' ``is_tracing()`` answers (dynamo compile or export, the jit tracer, CUDA or XPU graph
+    capture), at a tenth of its cost (~0.3 us instead of ~5 us on every prefill and train step's data checks): a graph
+    capture needs an initialised device, so the capture checks run only then."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or (torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing())
+        or (torch.xpu.is_initialized() and torch.xpu.is_current_stream_capturing())
+    )
+
 
 def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
     return tuple(tensor.shape)
@@ -50,12 +63,17 @@ def check_text_inputs(
     position_ids: torch.Tensor | None = None,
     prefix: str = "",
     token_hints: Mapping[int, str] | None = None,
-) -> None:
+    placeholder_masks: Sequence[torch.Tensor] = (),
+) -> list[int] | None:
     """The ids (or embeddings), the attention mask and the positions of a forward: types, shapes, a non-empty batch,
     ids in the vocabulary (see the module docstring for when that runs). ``prefix="decoder_"`` checks an
     encoder-decoder's decoder side (``decoder_input_ids``, ``decoder_inputs_embeds``, ``decoder_attention_mask``).
     ``token_hints``: out-of-vocabulary id -> what it means and what to do instead (a family's hook, e.g. an id
-    that another code base puts in prompts; ``{image_token_id}`` in it is filled in)."""
+    that another code base puts in prompts; ``{image_token_id}`` in it is filled in).
+
+    ``placeholder_masks``: bool masks over the ids (the placeholders whose features the forward will place); their
+    counts come back from the vocabulary check's host read (one read per prefill, before any encoder runs), or
+    ``None`` where that read does not happen (a decode step, traced, ``TRANSFORMERS_DISABLE_TORCH_CHECK=1``)."""
     ids_name, embeds_name = f"{prefix}input_ids", f"{prefix}inputs_embeds"
     if input_ids is not None:
         _require_tensor(ids_name, input_ids, "token ids of shape (batch, sequence)")
@@ -95,7 +113,10 @@ def check_text_inputs(
             f"position per input token (when generate() derived them, the attention_mask had the wrong length)"
         )
     if input_ids is not None and (length > 1 or not has_cache):
-        _check_ids_in_vocabulary(input_ids, vocab_size, image_token_id, ids_name, token_hints or {})
+        return _check_ids_in_vocabulary(
+            input_ids, vocab_size, image_token_id, ids_name, token_hints or {}, placeholder_masks
+        )
+    return None
 
 
 def _check_attention_mask(attention_mask, batch: int, length: int, has_cache: bool, name="attention_mask") -> None:
@@ -125,8 +146,9 @@ def check_generation_mask(attention_mask, input_ids) -> None:
 
 
 def _check_ids_in_vocabulary(
-    input_ids: torch.Tensor, vocab_size: int, image_token_id, name: str, token_hints: Mapping[int, str]
-) -> None:
+    input_ids: torch.Tensor, vocab_size: int, image_token_id, name: str, token_hints: Mapping[int, str],
+    placeholder_masks: Sequence[torch.Tensor] = (),
+) -> list[int] | None:  # fmt: skip
     def message() -> str:
         text = (
             f"{name} hold token ids outside the vocabulary [0, {vocab_size}): values from {int(input_ids.min())} "
@@ -142,15 +164,46 @@ def _check_ids_in_vocabulary(
 
     if is_tracing():  # torch.compile / export / jit / graph capture: a compiler hint, no host read of the ids
         torch_compilable_check(((input_ids >= 0) & (input_ids < vocab_size)).all(), message)
-        return
+        return None
     # eager: what torch_compilable_check does there (transformers' switch that turns its checks off included), with
-    # one reduction and one host read in place of three elementwise ops, an all() and its item(); a decode step never
-    # gets here (module docstring)
-    if os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK", "0") == "1" or input_ids.numel() == 0:
-        return
-    low, high = torch.stack(torch.aminmax(input_ids)).tolist()
-    if low < 0 or high >= vocab_size:
+    # one reduction and one host read in place of three elementwise ops, an all() and its item(); the placeholder
+    # counts ride along in that read. A decode step never gets here (module docstring)
+    if _checks_disabled() or input_ids.numel() == 0:
+        return None
+    values = torch.stack([*torch.aminmax(input_ids), *(mask.sum() for mask in placeholder_masks)]).tolist()
+    if values[0] < 0 or values[1] >= vocab_size:
         raise ValueError(message())
+    return values[2:]
+
+
+def _checks_disabled() -> bool:
+    """transformers' switch that turns ``torch_compilable_check`` off (``TRANSFORMERS_DISABLE_TORCH_CHECK=1``), which
+    the eager forms of the data checks honour as well."""
+    return os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK", "0") == "1"
+
+
+def check_feature_count(
+    mask: torch.Tensor, hidden: int, num_features: int, message: Callable[[int], str], num_tokens: int | None = None
+) -> None:
+    """The placeholders of ``mask`` (a bool mask over the tokens) times the width ``hidden`` must equal the number of
+    feature values (``num_features``): ``ValueError(message(placeholder count))`` otherwise. ``num_tokens``: the count
+    already read on the host (by the vocabulary check's read, ``check_text_inputs(placeholder_masks=...)``), compared
+    as it is.
+
+    Traced (compile / export / graph capture): ``torch_compilable_check``, a compiler hint. Eager: one reduction and
+    one host read of the count, compared on the host (what ``torch_compilable_check`` does there, without its
+    multiply, compare, all() and wrapper calls); ``TRANSFORMERS_DISABLE_TORCH_CHECK=1`` turns it off as it does
+    transformers' checks. Runs only where features are placed (prefill / image calls), never on a text decode step."""
+    if num_tokens is None:
+        if is_tracing():
+            count = mask.sum()
+            torch_compilable_check(count * hidden == num_features, lambda: message(int(count)))
+            return
+        if _checks_disabled():
+            return
+        num_tokens = int(mask.sum())
+    if num_tokens * hidden != num_features:
+        raise ValueError(message(num_tokens))
 
 
 def check_pixel_input(name: str, pixels) -> None:
@@ -168,10 +221,18 @@ def check_pixel_input(name: str, pixels) -> None:
         )
 
 
-def check_labels(labels, batch: int, length: int, decoder: bool = False, vocab_size: int | None = None) -> None:
+def check_labels(
+    labels, batch: int, length: int, decoder: bool = False, vocab_size: int | None = None,
+    count_learned_from: int | None = None,
+) -> int | None:  # fmt: skip
     """Labels: integer ids (-100 ignored) of the same (batch, sequence) shape as the inputs (a causal LM) or as the
     ``decoder_input_ids`` (an encoder-decoder LM, ``decoder=True``), and, given ``vocab_size``, inside the vocabulary
-    (one host read: labels come with training steps, never with decode steps)."""
+    (one host read: labels come with training steps, never with decode steps).
+
+    ``count_learned_from``: also count, in that same host read, the learned labels (not -100) from that position of
+    each row on (1: what a causal loss compares after its shift; 0: an encoder-decoder's unshifted targets) and return
+    the count, so the loss needs no reduction of its own to divide by it. ``None`` is returned without it, for empty
+    labels, and when traced (compile / export: the range check is then ``torch_compilable_check``'s hint)."""
     _require_tensor("labels", labels, "target ids of shape (batch, sequence), -100 where ignored")
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise TypeError(f"labels must hold integer token ids (-100 where ignored), got dtype {labels.dtype}")
@@ -184,14 +245,31 @@ def check_labels(labels, batch: int, length: int, decoder: bool = False, vocab_s
         raise ValueError(
             f"labels have shape {_shape(labels)} but the {inputs} are ({batch}, {length}); labels need {hint}"
         )
-    if vocab_size is not None and labels.numel() > 0:
-        # the ignored positions read as 0, so any other negative label is the minimum (no boolean-index copy)
-        low, high = torch.stack(torch.aminmax(labels.masked_fill(labels == IGNORE_INDEX, 0))).tolist()
-        if low < 0 or high >= vocab_size:
-            raise ValueError(
-                f"labels hold ids from {low} to {high}, outside the vocabulary [0, {vocab_size}) (-100, and only "
-                f"-100, marks a position where nothing is learned); build them from the model's tokenizer"
-            )
+    if vocab_size is None or labels.numel() == 0:
+        return None
+    ignored = labels == IGNORE_INDEX
+    # the ignored positions read as 0, so any other negative label is the minimum (no boolean-index copy)
+    kept = labels.masked_fill(ignored, 0)
+    if is_tracing():
+        torch_compilable_check(
+            ((kept >= 0) & (kept < vocab_size)).all(),
+            lambda: f"labels hold ids outside the vocabulary [0, {vocab_size}) (-100, and only -100, marks a position "
+            f"where nothing is learned); build them from the model's tokenizer",
+        )
+        return None
+    stats = [*torch.aminmax(kept)]
+    if count_learned_from is not None:
+        stats.append(ignored[..., count_learned_from:].sum())
+    values = torch.stack(stats).tolist()
+    low, high = values[0], values[1]
+    if low < 0 or high >= vocab_size:
+        raise ValueError(
+            f"labels hold ids from {low} to {high}, outside the vocabulary [0, {vocab_size}) (-100, and only "
+            f"-100, marks a position where nothing is learned); build them from the model's tokenizer"
+        )
+    if count_learned_from is None:
+        return None
+    return labels[..., count_learned_from:].numel() - values[2]
 
 
 def check_decoder_inputs(

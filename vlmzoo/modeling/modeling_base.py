@@ -28,6 +28,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _torch_module
 from transformers import AutoModel, GenerationMixin, PreTrainedConfig
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -37,13 +38,13 @@ from transformers.utils import (
     TransformersKwargs,
     is_torchdynamo_compiling,
     logging,
-    torch_compilable_check,
 )
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from .encoder_decoder import SEQ2SEQ_INPUT_NAMES
 from .input_checks import (
+    check_feature_count,
     check_generation_mask,
     check_labels,
     check_pixel_input,
@@ -107,8 +108,9 @@ class ZooVLMModel(ZooPreTrainedModel):
     # out-of-vocabulary token id -> what it means and the fix, added to the vocabulary error (``{image_token_id}``
     # is filled in): ids that prompts made by another code base carry
     token_hints: ClassVar[dict[int, str]] = {}
-    # the attribute of the language model that a text decode step runs, when the language model's own forward only
-    # repackages that module's output (as a native causal-LM head calls its decoder stack directly); None: the model
+    # the attribute of the language model that the forwards run (unless something hooks the language model), when the
+    # language model's own forward only repackages that module's output (as a native causal-LM head calls its decoder
+    # stack directly); None: the model
     language_model_stack: ClassVar[str | None] = None
     # modality -> the method whose output the forward places at that modality's placeholders (and generate() encodes
     # once before prefill); default `get_<modality>_features`. A family whose `get_image_features` follows a native API
@@ -217,18 +219,23 @@ class ZooVLMModel(ZooPreTrainedModel):
         inputs_embeds: torch.Tensor,
         encoder_output: BaseModelOutputWithPooling | None,
         cache: Cache | None,
+        mask: torch.Tensor | None = None,
+        num_tokens: int | None = None,
     ) -> torch.Tensor:
-        """Write a modality's embeddings at its placeholders, after checking that the counts agree."""
-        token_id = getattr(self.config, f"{modality}_token_id")
-        if token_id is None:
-            if encoder_output is None:
-                return inputs_embeds
-            raise ValueError(
-                f"config.{modality}_token_id is not set, so the {modality} features have no placeholders; set it to "
-                f"the tokenizer's {modality} token id (the processor's `{modality}_token_id`)"
-            )
-        mask = self.get_placeholder_mask(input_ids, inputs_embeds, token_id)
+        """Write a modality's embeddings at its placeholders, after checking that the counts agree. ``mask`` /
+        ``num_tokens``: the placeholder mask and its count when already made (``embed_multimodal``)."""
+        if mask is None:  # (a given mask was made from a set token id: no second config read, ~1 us)
+            token_id = getattr(self.config, f"{modality}_token_id")
+            if token_id is None:
+                if encoder_output is None:
+                    return inputs_embeds
+                raise ValueError(
+                    f"config.{modality}_token_id is not set, so the {modality} features have no placeholders; set it "
+                    f"to the tokenizer's {modality} token id (the processor's `{modality}_token_id`)"
+                )
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, token_id)
         if encoder_output is None:
+            token_id = getattr(self.config, f"{modality}_token_id")
             # native behaviour: placeholders without pixels embed as ordinary tokens; say why once
             if not is_torchdynamo_compiling() and (cache is None or cache.get_seq_length() == 0) and mask.any():
                 logger.warning_once(
@@ -238,13 +245,17 @@ class ZooVLMModel(ZooPreTrainedModel):
             return inputs_embeds
         pooled = encoder_output.pooler_output
         hidden = inputs_embeds.shape[-1]
-        # per-item list of (tokens_i, hidden), or a (items, tokens, hidden) tensor -> (total tokens, hidden)
-        features = torch.cat([item.reshape(-1, item.shape[-1]) for item in pooled], dim=0)
-        num_tokens = mask.sum()
-        torch_compilable_check(
-            num_tokens * hidden == features.numel(),
-            lambda: _count_mismatch_message(modality, int(num_tokens), features, hidden, cache),
-        )
+        # per-item list of (tokens_i, hidden), or a (items, tokens, hidden) tensor -> (total tokens, hidden); a single
+        # item as a view (no copy, no cat node in the backward graph)
+        if len(pooled) == 1:
+            features = pooled[0]
+            features = features if features.dim() == 2 else features.reshape(-1, features.shape[-1])
+        else:
+            features = torch.cat([item.reshape(-1, item.shape[-1]) for item in pooled], dim=0)
+        check_feature_count(
+            mask, hidden, features.numel(),
+            lambda count: _count_mismatch_message(modality, count, features, hidden, cache), num_tokens,
+        )  # fmt: skip
         features = features.to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(mask.unsqueeze(-1), features)
 
@@ -258,8 +269,11 @@ class ZooVLMModel(ZooPreTrainedModel):
                 f"use fewer or smaller images"
             )
 
-    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, embeddings) -> None:
-        """Refuse inputs the model cannot compute, with the cause (``input_checks``; cheap, compile-safe).
+    def _check_inputs(
+        self, input_ids, inputs_embeds, attention_mask, position_ids, cache, embeddings, placeholder_masks=()
+    ) -> list[int] | None:
+        """Refuse inputs the model cannot compute, with the cause (``input_checks``; cheap, compile-safe). Returns
+        the counts of ``placeholder_masks`` when the vocabulary check read them (``check_text_inputs``), else None.
 
         The vocabulary and the width come from the input embeddings themselves (what the ids index, what
         ``inputs_embeds`` must match): a transformers config read costs ~1 us, so none is made on the way."""
@@ -268,9 +282,10 @@ class ZooVLMModel(ZooPreTrainedModel):
         if vocab_size is None or hidden_size is None:
             text_config = self.config.get_text_config()
             vocab_size, hidden_size = text_config.vocab_size, text_config.hidden_size
-        check_text_inputs(
+        counts = check_text_inputs(
             input_ids, inputs_embeds, attention_mask, cache is not None, vocab_size, hidden_size,
             self._image_token_id_for_messages, position_ids, token_hints=self.token_hints,
+            placeholder_masks=placeholder_masks,
         )  # fmt: skip
         if self.position_limit is not None:
             length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
@@ -278,6 +293,7 @@ class ZooVLMModel(ZooPreTrainedModel):
                 text = text_positions(position_ids)
                 length = length if text is None else int(text.max()) + 1
             self._check_positions(length, cache)
+        return counts
 
     def _image_token_id_for_messages(self) -> int | None:
         return getattr(self.config, "image_token_id", None)
@@ -304,7 +320,20 @@ class ZooVLMModel(ZooPreTrainedModel):
         if mm_encoder_outputs and any(pixels is not None for pixels in pixel_inputs.values()):
             raise ValueError("pass either pixel_values or pre-computed mm_encoder_outputs, not both")
         embeddings = self.get_input_embeddings()
-        self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, cache, embeddings)
+        # the placeholder masks of the modalities with features to place, made first so that their counts come with
+        # the vocabulary check's host read: one read per prefill, before the encoders run (no sync waits for them)
+        masks = {}
+        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2:
+            for modality, pixel_name in self.modality_pixel_inputs.items():
+                if pixel_inputs.get(pixel_name) is None and (mm_encoder_outputs or {}).get(modality) is None:
+                    continue
+                token_id = getattr(self.config, f"{modality}_token_id")
+                if token_id is not None:
+                    masks[modality] = self.get_placeholder_mask(input_ids, None, token_id)
+        counts = self._check_inputs(
+            input_ids, inputs_embeds, attention_mask, position_ids, cache, embeddings, tuple(masks.values())
+        )
+        counts = dict(zip(masks, counts)) if counts is not None else {}
         # encode the pixels before embedding the text: backward then reaches the (possibly lm_head-tied)
         # embeddings before the encoders, so their gradient is accumulated before the encoders' gradients
         # exist (a lower training peak, as transformers' BLIP-2 orders it)
@@ -319,8 +348,9 @@ class ZooVLMModel(ZooPreTrainedModel):
             inputs_embeds = embeddings(input_ids)
         for modality in self.modality_pixel_inputs:
             inputs_embeds = self._place_features(
-                modality, input_ids, inputs_embeds, mm_encoder_outputs.get(modality), cache
-            )
+                modality, input_ids, inputs_embeds, mm_encoder_outputs.get(modality), cache, masks.get(modality),
+                counts.get(modality),
+            )  # fmt: skip
         return inputs_embeds, mm_encoder_outputs
 
     # ----- forward ------------------------------------------------------------------------------------
@@ -353,7 +383,7 @@ class ZooVLMModel(ZooPreTrainedModel):
             attention_mask, use_cache, kwargs = packed_language_model_inputs(
                 self.language_model, inputs_embeds, position_ids, use_cache, kwargs
             )
-        outputs = self.language_model(
+        outputs = self._language_model_to_run()(
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
@@ -371,6 +401,16 @@ class ZooVLMModel(ZooPreTrainedModel):
             video_outputs=mm_encoder_outputs.get("video"),
         )
 
+    def _language_model_to_run(self) -> nn.Module:
+        """The module a forward calls for the language model: the ``language_model_stack`` submodule (the decoder stack
+        whose output the language model's forward only repackages: native causal-LM heads such as OPTForCausalLM call
+        it directly) when calling the language model would run nothing but its forward (no hooks, no instance-level
+        ``forward``, not ``compile()``d); else the language model, so that whatever was attached to it runs."""
+        language_model = self.language_model
+        if self.language_model_stack is None or not _runs_forward_only(language_model):
+            return language_model
+        return getattr(language_model, self.language_model_stack)
+
     def text_decode_step(self, model_inputs: dict, kwargs: dict):
         """A decode step with no media (see ``ZooVLMForConditionalGeneration._is_text_decode_step``): the ids, mask and
         positions checked as every call's (one cached token: no vocabulary check), then the language model."""
@@ -382,10 +422,7 @@ class ZooVLMModel(ZooPreTrainedModel):
             refuse_decoder_inputs(self.config, kwargs)
         # one token with a cache: the checks read shapes only (no vocabulary, no width)
         check_text_inputs(input_ids, None, attention_mask, True, 0, 0, None, position_ids)
-        stack = self.language_model
-        if self.language_model_stack is not None:
-            stack = getattr(stack, self.language_model_stack)
-        return stack(
+        return self._language_model_to_run()(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -451,6 +488,17 @@ def _learned_position_limit(language_model: nn.Module, text_config: PreTrainedCo
         if isinstance(module, nn.Embedding) and "position" in name.rsplit(".", 1)[-1]:
             return limit
     return None
+
+
+def _runs_forward_only(module: nn.Module) -> bool:
+    """Whether ``module(...)`` would only run ``type(module).forward``: no hooks of its own and no global module hooks,
+    no instance-level ``forward`` (accelerate's device hooks, a patch), not ``module.compile()``d."""
+    return not (
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+        or _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks
+        or _torch_module._global_backward_hooks or _torch_module._global_backward_pre_hooks
+        or "forward" in module.__dict__ or module._compiled_call_impl is not None
+    )  # fmt: skip
 
 
 def given(**inputs) -> dict:
@@ -607,28 +655,34 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
         """What every family's ``forward`` runs: the base model over ``model_inputs`` (its forward's keyword
         inputs), the LM head on the kept positions and, with ``labels``, the loss (``self.loss_function``, which
         shifts the labels and honours ``num_items_in_batch``)."""
+        learned = None  # the learned targets after the loss's shift, counted by the label check's host read
         if labels is not None:
+            vocab_size = self.config.text_config.vocab_size
             inputs = model_inputs.get("input_ids")
             inputs = inputs if inputs is not None else model_inputs.get("inputs_embeds")
             if isinstance(inputs, torch.Tensor) and inputs.dim() >= 2:
-                check_labels(labels, inputs.shape[0], inputs.shape[1], vocab_size=self.config.text_config.vocab_size)
+                learned = check_labels(
+                    labels, inputs.shape[0], inputs.shape[1], vocab_size=vocab_size, count_learned_from=1
+                )
         if labels is None and self._is_text_decode_step(model_inputs):
+            # the language model's own output: no media outputs (and no failed attribute lookups for them)
             outputs = self.model.text_decode_step(model_inputs, kwargs)
+            image_outputs = video_outputs = None
         else:
             outputs = self.model(**model_inputs, return_dict=True, **kwargs)
+            image_outputs, video_outputs = getattr(outputs, "image_outputs", None), getattr(outputs, "video_outputs", None)
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
-            vocab_size = self.config.text_config.vocab_size
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)
+            loss = self.language_modeling_loss(logits, labels, vocab_size, learned, kwargs)
         return ZooVLMCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_outputs=getattr(outputs, "image_outputs", None),
-            video_outputs=getattr(outputs, "video_outputs", None),
+            image_outputs=image_outputs,
+            video_outputs=video_outputs,
         )
 
     def _is_text_decode_step(self, model_inputs: dict) -> bool:

@@ -142,6 +142,25 @@ class ZooPreTrainedModel(PreTrainedModel):
     def loss_function(self, value):
         self._loss_function = value
 
+    def language_modeling_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, learned: int | None, kwargs: dict,
+        shift_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """The forward's loss: ``self.loss_function``, or, when the forward's label check already counted the
+        ``learned`` targets (``check_labels(count_learned_from=...)``, in its one host read) and nothing overrides the
+        division (no user loss function, no ``num_items_in_batch``, no other ``ignore_index`` or ``shift_labels``
+        than the check counted), transformers' own loss with that count: its mean over the learned targets, as native
+        models compute it, and a sum divided by 1 (0.0, zero gradients) when there is none. Same value as
+        ``loss_function``, without the count's device reductions. ``shift_labels``: the targets as the forward aligned
+        them (an encoder-decoder's unshifted labels), handed to the loss."""
+        fast = learned is not None and not hasattr(self, "_loss_function") and kwargs.keys().isdisjoint(_LOSS_COUNT_KWARGS)
+        if shift_labels is not None:
+            kwargs = {**kwargs, "shift_labels": shift_labels}
+        if not fast:
+            return self.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)
+        native = PreTrainedModel.loss_function.fget(self)
+        return native(logits, labels, vocab_size, num_items_in_batch=None if learned else 1, **kwargs)
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' ``save_pretrained``; an existing file at ``save_directory`` raises ``FileExistsError``
         (transformers logs an error and saves nothing)."""
@@ -185,6 +204,11 @@ class ZooPreTrainedModel(PreTrainedModel):
             logits, labels, vocab_size, num_items_in_batch=num_items_in_batch, ignore_index=ignore_index,
             shift_labels=shift_labels, **kwargs,
         )  # fmt: skip
+
+
+# loss inputs that change what the learned-token count of check_labels would have to be (shift_labels: a caller's own
+# targets; the encoder-decoder path passes the labels themselves and counts them from position 0 before)
+_LOSS_COUNT_KWARGS = ("num_items_in_batch", "ignore_index", "shift_labels")
 
 
 def _resolve(root: nn.Module, path: str) -> nn.Module | nn.Parameter | None:
