@@ -687,9 +687,12 @@ class ZooVLMForConditionalGeneration(ZooPreTrainedModel, GenerationMixin):
 
     def _is_text_decode_step(self, model_inputs: dict) -> bool:
         """A decode step that only continues the text: one new token id with a cache, no media, no embeddings, and
-        the language model's own positions. It needs no placement, so it goes straight to the language model
+        the language model's own positions, or given ones (a family with a position hook passes given positions through:
+        generate() gives M-RoPE's every step). It needs no placement, so it goes straight to the language model
         (``ZooVLMModel.text_decode_step``), as native generation does after prefill."""
-        if model_inputs.get("cache") is None or not self._plain_positions:
+        if model_inputs.get("cache") is None:
+            return False
+        if not self._plain_positions and model_inputs.get("position_ids") is None:
             return False
         input_ids = model_inputs.get("input_ids")
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] != 1:
