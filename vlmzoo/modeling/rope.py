@@ -52,6 +52,7 @@ p + max(h, w). They differ only for videos with more (merged) frames than rows a
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Sequence
 from functools import partial
 
@@ -227,23 +228,22 @@ def swap_in_mrope(language_model: nn.Module, mrope_section: Sequence[int]) -> Mu
     return mrope
 
 
-def _checked_grid(kind: str, grid: torch.Tensor, spatial_merge_size: int) -> tuple[torch.Tensor, ...]:
-    """(N, 3) (t, h, w) patch grids -> the merged grid's t, rows, columns, each (N,)."""
+def _checked_grid(kind: str, grid: torch.Tensor, spatial_merge_size: int) -> list[tuple[int, int, int]]:
+    """(N, 3) (t, h, w) patch grids -> the merged grids (t, h / m, w / m), read to the host once."""
     if not isinstance(grid, torch.Tensor) or grid.dim() != 2 or grid.shape[-1] != STREAMS:
         shape = tuple(grid.shape) if isinstance(grid, torch.Tensor) else type(grid).__name__
         raise ValueError(f"{kind}_grid_thw must be a ({kind}s, 3) tensor of (t, h, w) patch counts, got {shape}")
     if grid.is_floating_point() or grid.is_complex():
         raise ValueError(f"{kind}_grid_thw must hold integers, got {grid.dtype}")
-    grid = grid.long()
-    if grid.numel() and int(grid.min()) < 1:
-        raise ValueError(f"{kind}_grid_thw must be positive (t, h, w) counts, got {grid.tolist()}")
-    frames, rows, columns = grid.unbind(-1)
-    if bool(((rows % spatial_merge_size) != 0).any() | ((columns % spatial_merge_size) != 0).any()):
+    rows = grid.tolist()  # one host read: a handful of ints per image
+    if any(value < 1 for row in rows for value in row):
+        raise ValueError(f"{kind}_grid_thw must be positive (t, h, w) counts, got {rows}")
+    if any(height % spatial_merge_size or width % spatial_merge_size for _, height, width in rows):
         raise ValueError(
-            f"{kind}_grid_thw {grid.tolist()} has rows or columns not divisible by spatial_merge_size "
+            f"{kind}_grid_thw {rows} has rows or columns not divisible by spatial_merge_size "
             f"{spatial_merge_size}: a merge block needs whole {spatial_merge_size}x{spatial_merge_size} patches"
         )
-    return frames, rows // spatial_merge_size, columns // spatial_merge_size
+    return [(frames, height // spatial_merge_size, width // spatial_merge_size) for frames, height, width in rows]
 
 
 def mrope_position_index(
@@ -317,11 +317,10 @@ def mrope_position_index(
                     f"of each {kind}"
                 )
             continue
-        frames, rows, columns = _checked_grid(kind, grid.to(device), spatial_merge_size)
-        per_block = frames * rows * columns  # (N,) tokens of each block
-        ends = per_block.cumsum(0)
-        starts = ends - per_block
-        expected = int(ends[-1]) if ends.numel() else 0
+        merged = _checked_grid(kind, grid, spatial_merge_size)
+        # the grids' arithmetic on the host (a few ints per block), then (N,) tensors for the scatter below
+        sizes = [frames * height * width for frames, height, width in merged]  # tokens of each block
+        expected = sum(sizes)
         if count != expected:
             raise ValueError(
                 f"the text has {count} {kind} tokens but {kind}_grid_thw {grid.tolist()} (spatial_merge_size "
@@ -330,25 +329,33 @@ def mrope_position_index(
             )
         if count == 0:
             continue
+        starts_list = [total - size for total, size in zip(itertools.accumulate(sizes), sizes)]
+        extents = [max(height, width, frames) if temporal_advance else max(height, width)
+                   for frames, height, width in merged]  # fmt: skip
+        # (N, 5) per block: first token index, tokens, tokens per frame, columns, extent -> one host-to-device copy
+        table = torch.tensor(
+            [(start, size, height * width, width, extent)
+             for start, size, (_, height, width), extent in zip(starts_list, sizes, merged, extents)],
+            dtype=torch.long, device=device,
+        )  # fmt: skip
+        starts, per_block, plane, columns, extent = table.unbind(-1)
+        ends = starts + per_block
         first, last = slots[starts], slots[ends - 1]  # (N,) flat index of each block's first and last token
         broken = (last - first != per_block - 1) | (first // length != last // length)
         if bool(broken.any()):
             j = int(broken.nonzero()[0, 0])
             raise ValueError(
-                f"{kind} {j} (grid {grid[j].tolist()}) needs {int(per_block[j])} consecutive {kind} tokens in one "
+                f"{kind} {j} (grid {grid[j].tolist()}) needs {sizes[j]} consecutive {kind} tokens in one "
                 f"row, but its tokens run from row {int(first[j]) // length} position {int(first[j]) % length} to "
                 f"row {int(last[j]) // length} position {int(last[j]) % length}: the placeholders disagree with "
                 f"{kind}_grid_thw"
             )
-        block = torch.repeat_interleave(torch.arange(per_block.numel(), device=device), per_block)  # (n,)
+        block = torch.repeat_interleave(torch.arange(len(sizes), device=device), per_block, output_size=count)  # (n,)
         inside = torch.arange(count, device=device) - starts[block]  # (n,) index inside its block
-        plane = (rows * columns)[block]
-        offsets[0, slots] = inside // plane
-        offsets[1, slots] = (inside % plane) // columns[block]
-        offsets[2, slots] = inside % columns[block]
-        extent = torch.maximum(rows, columns)
-        if temporal_advance:
-            extent = torch.maximum(extent, frames)
+        block_plane, block_columns = plane[block], columns[block]
+        offsets[0, slots] = inside // block_plane
+        offsets[1, slots] = (inside % block_plane) // block_columns
+        offsets[2, slots] = inside % block_columns
         advance[slots] = 0
         advance[last] = extent
 
