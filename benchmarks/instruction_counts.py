@@ -94,7 +94,7 @@ def run_regions(family: str, modes: list[str], calls: int, order_file: str) -> N
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--family", default="blip2", choices=["llava", "blip2", "blip2-t5"])
+    parser.add_argument("--family", default="blip2", choices=["llava", "blip2", "blip2-t5", "qwen2_vl"])
     parser.add_argument("--modes", default="prefill,decode,train", help="comma-separated: prefill,decode,train,generate")
     parser.add_argument("--calls", type=int, default=20, help="calls per region (generate: use a few)")
     args = parser.parse_args()
