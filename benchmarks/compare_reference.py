@@ -131,6 +131,21 @@ class ModelPair:
     generated_prefix: int | None = None
 
 
+def describe_pair(ours: torch.nn.Module, reference: torch.nn.Module, input_ids: torch.Tensor, **facts) -> dict:
+    """The JSON's ``models`` entry: both classes, the family's facts (configs, token counts, ...), the prompt length,
+    the parameter count and each side's attention backend (``facts`` may override the last)."""
+    return {
+        "ours": f"vlmzoo.{type(ours).__name__}",
+        "reference": f"transformers.{type(reference).__name__}",
+        **facts,
+        "prompt_tokens": int(input_ids.shape[1]),
+        "parameters": sum(p.numel() for p in ours.parameters()),
+        "attn_implementation": facts.get("attn_implementation") or {
+            "ours": ours.config._attn_implementation, "reference": reference.config._attn_implementation
+        },
+    }
+
+
 def build_llava_pair(size: str, attn_implementation: str, device: torch.device, seed: int, text_tokens: int) -> ModelPair:
     spec = LLAVA_SIZES[size]
     vision = {"model_type": "clip_vision_model", **spec["vision"]}
@@ -162,20 +177,10 @@ def build_llava_pair(size: str, attn_implementation: str, device: torch.device, 
     pixel_values = torch.randn(1, 3, vision["image_size"], vision["image_size"], generator=generator)
     labels = input_ids.masked_fill(input_ids == image_token_id, -100)
     inputs = {"input_ids": input_ids, "pixel_values": pixel_values, "attention_mask": torch.ones_like(input_ids)}
-    description = {
-        "ours": f"vlmzoo.{type(ours).__name__}",
-        "reference": f"transformers.{type(reference).__name__}",
-        "vision_config": vision,
-        "text_config": text,
-        "projector": "mlp2x_gelu",
-        "batch_size": 1,
-        "image_tokens": num_image_tokens,
-        "text_tokens": text_tokens + 1,
-        "prompt_tokens": int(input_ids.shape[1]),
-        "parameters": sum(p.numel() for p in ours.parameters()),
-        "attn_implementation": {"ours": ours.config._attn_implementation,
-                                "reference": reference.config._attn_implementation},
-    }
+    description = describe_pair(
+        ours, reference, input_ids, vision_config=vision, text_config=text, projector="mlp2x_gelu", batch_size=1,
+        image_tokens=num_image_tokens, text_tokens=text_tokens + 1,
+    )  # fmt: skip
     return ModelPair(ours, reference, {k: v.to(device) for k, v in inputs.items()}, labels.to(device), description)
 
 
@@ -304,27 +309,17 @@ def build_blip2_pair(
         train_inputs = dict(inputs)
         inputs["decoder_input_ids"] = torch.full((1, 1), PAD)
         generated_prefix = 1
-    description = {
-        "ours": f"vlmzoo.{type(ours).__name__}",
-        "reference": f"transformers.{type(reference).__name__}",
-        "vision_config": vision,
-        "qformer_config": qformer,
-        "text_config": text,
-        "num_query_tokens": num_query_tokens,
-        "projector": "Q-Former + linear",
-        "batch_size": 1,
-        "image_tokens": num_query_tokens,
-        "vision_tokens": (vision["image_size"] // vision["patch_size"]) ** 2 + 1,
-        "text_tokens": text_tokens + 1,
-        "prompt_tokens": int(input_ids.shape[1]),
-        "parameters": sum(p.numel() for p in ours.parameters()),
-        "weight_map": {"key_table": "vlmzoo.conversion_scripts.convert_blip2.HF_KEY_TABLE", **accounting},
-        "attn_implementation": {
+    description = describe_pair(
+        ours, reference, input_ids, vision_config=vision, qformer_config=qformer, text_config=text,
+        num_query_tokens=num_query_tokens, projector="Q-Former + linear", batch_size=1, image_tokens=num_query_tokens,
+        vision_tokens=(vision["image_size"] // vision["patch_size"]) ** 2 + 1, text_tokens=text_tokens + 1,
+        weight_map={"key_table": "vlmzoo.conversion_scripts.convert_blip2.HF_KEY_TABLE", **accounting},
+        attn_implementation={
             side: {name: getattr(model.config, name)._attn_implementation
                    for name in ("vision_config", "qformer_config", "text_config")}
             for side, model in (("ours", ours), ("reference", reference))
         },
-    }
+    )  # fmt: skip
     if train_inputs is not None:
         train_inputs = {k: v.to(device) for k, v in train_inputs.items()}
     return ModelPair(ours, reference, {k: v.to(device) for k, v in inputs.items()}, labels.to(device), description,
@@ -395,21 +390,11 @@ def build_qwen2_vl_pair(size: str, attn_implementation: str, device: torch.devic
     labels = input_ids.masked_fill(input_ids == image, -100)
     inputs = {"input_ids": input_ids, "pixel_values": pixel_values, "image_grid_thw": grid,
               "mm_token_type_ids": (input_ids == image).long(), "attention_mask": torch.ones_like(input_ids)}  # fmt: skip
-    description = {
-        "ours": f"vlmzoo.{type(ours).__name__}",
-        "reference": f"transformers.{type(reference).__name__}",
-        "vision_config": vision,
-        "text_config": text,
-        "mrope_section": spec["mrope_section"],
-        "weights": accounting,
-        "batch_size": 1,
-        "image_tokens": num_image_tokens,
-        "text_tokens": text_tokens + 2,
-        "prompt_tokens": int(input_ids.shape[1]),
-        "parameters": sum(p.numel() for p in ours.parameters()),
-        "attn_implementation": {"ours": ours.config._attn_implementation,
-                                "reference": reference.config._attn_implementation},
-    }
+    description = describe_pair(
+        ours, reference, input_ids, vision_config=vision, text_config=text, mrope_section=spec["mrope_section"],
+        weight_map={"key_table": "vlmzoo.conversion_scripts.convert_qwen2_vl.HF_KEY_TABLE", **accounting},
+        batch_size=1, image_tokens=num_image_tokens, text_tokens=text_tokens + 2,
+    )  # fmt: skip
     return ModelPair(ours, reference, {k: v.to(device) for k, v in inputs.items()}, labels.to(device), description)
 
 
