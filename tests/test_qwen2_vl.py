@@ -214,7 +214,7 @@ def test_images_of_a_batch_never_attend_to_each_other():
         (dict(image_grid_thw=torch.tensor([[1, 4, 6], [1, 2, 4]])), "gives 32 patches .* but pixel_values holds 28"),
         (dict(image_grid_thw=torch.tensor([[1, 4, 6], [1, 1, 4]])), "not divisible by spatial_merge_size 2"),
         (dict(pixel_values=torch.randn(28, 100)), r"must be \(patches, 1176\) flattened patches"),
-        (dict(video_grid_thw=torch.tensor([[2.0, 4.0, 4.0]])), "must be an integer"),
+        (dict(video_grid_thw=torch.tensor([[2.0, 4.0, 4.0]])), "video_grid_thw must hold integers"),
     ],
 )
 def test_bad_patches_and_grids_raise_a_clear_error(change, message):

@@ -52,28 +52,13 @@ DEFAULT_MROPE_SECTION = [16, 24, 24]
 NATIVE_TEXT_MODEL_TYPE = "qwen2_vl_text"
 
 
-def _native_text_fields(value: Mapping | PreTrainedConfig) -> dict:
-    """A text config of transformers' Qwen2-VL (its ``Qwen2VLTextConfig``, or a dict with its ``model_type``) as the
-    fields of the Qwen2 decoder it describes, with the native defaults (``rms_norm_eps=1e-5``, ...) where a dict leaves
-    a field out."""
-    from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig
-
-    if not isinstance(value, PreTrainedConfig):
-        fields = {key: item for key, item in value.items() if key != "model_type"}
-        value = Qwen2VLTextConfig(**fields)
-    fields = value.to_dict()
-    fields.pop("transformers_version", None)
-    fields["model_type"] = "qwen2"
-    return fields
-
-
 # fields a text config rebuilds from others (never carried over as defaults)
 _DERIVED_TEXT_FIELDS = {"model_type", "transformers_version", "architectures", "layer_types", "rope_parameters"}
 
 
 def _native_text_defaults() -> dict:
     """The defaults of transformers' ``Qwen2VLTextConfig`` that differ from ``Qwen2Config``'s (``rms_norm_eps``
-    1e-5, the 7B sizes, ...): what a text dict without a ``model_type`` leaves to them in ``Qwen2VLConfig``."""
+    1e-5, the 7B sizes, ...): what a text config that leaves them out means in ``Qwen2VLConfig``."""
     from transformers import Qwen2Config
     from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig
 
@@ -84,41 +69,44 @@ def _native_text_defaults() -> dict:
     }  # fmt: skip
 
 
+def _without_mrope(rope: Any) -> tuple[Any, list[int] | None]:
+    """``rope_parameters`` without M-RoPE's sections (an ``"mrope"`` type read as the decoder's ``"default"``), and
+    the sections (``None``: none there)."""
+    if not isinstance(rope, Mapping) or not ("mrope_section" in rope or "mrope" in (rope.get("type"), rope.get("rope_type"))):
+        return rope, None
+    rope = dict(rope)
+    sections = rope.pop("mrope_section", None)
+    if "mrope" in (rope.pop("type", None), rope.get("rope_type")):
+        rope["rope_type"] = "default"
+    return rope, None if sections is None else list(sections)
+
+
 def _normalised_text_config(value: Any) -> tuple[Any, list[int] | None]:
-    """The text config with M-RoPE's sections taken out of its ``rope_parameters`` (and ``"mrope"`` read as the
-    decoder's ``"default"`` rope), and the sections found (``None``: none given there). A native Qwen2-VL text config
-    (see ``_native_text_fields``) becomes the Qwen2 decoder's fields first; a dict without a ``model_type`` is the
-    default Qwen2 decoder (as every family reads one, its unknown keys named) with the native defaults for the fields
-    it leaves out, as ``Qwen2VLConfig`` would read it."""
-    if isinstance(value, PreTrainedConfig) and getattr(value, "model_type", None) == NATIVE_TEXT_MODEL_TYPE:
-        value = _native_text_fields(value)
-    elif isinstance(value, Mapping) and value.get("model_type") == NATIVE_TEXT_MODEL_TYPE:
-        value = _native_text_fields(value)
-    elif isinstance(value, Mapping) and not value.get("model_type"):
-        value = {**_native_text_defaults(), **value}
+    """The text config as the decoder it describes, with M-RoPE's sections taken out of its ``rope_parameters``
+    (``_without_mrope``), and the sections found. transformers' own Qwen2-VL text config (a ``Qwen2VLTextConfig``
+    or a dict of its ``model_type``) becomes the Qwen2 decoder's fields; it and a dict without a ``model_type`` (the
+    default Qwen2 decoder, its unknown keys named as for every family) take the native defaults for what they leave
+    out, as ``Qwen2VLConfig`` reads them."""
     if isinstance(value, PreTrainedConfig):
-        rope = getattr(value, "rope_parameters", None)
-        if isinstance(rope, dict) and "mrope_section" in rope:
-            rope = dict(rope)
-            sections = rope.pop("mrope_section")
-            if rope.get("rope_type", rope.get("type")) == "mrope":
-                rope["rope_type"] = "default"
-            rope.pop("type", None)
-            value.rope_parameters = rope
-            return value, list(sections)
-        return value, None
+        if getattr(value, "model_type", None) != NATIVE_TEXT_MODEL_TYPE:
+            rope, sections = _without_mrope(getattr(value, "rope_parameters", None))
+            if sections is not None:
+                value.rope_parameters = rope
+            return value, sections
+        value = value.to_dict()
     if not isinstance(value, Mapping):
         return value, None
     value = dict(value)
+    if value.get("model_type") == NATIVE_TEXT_MODEL_TYPE:
+        value = {**_native_text_defaults(), **value, "model_type": "qwen2"}
+        value.pop("transformers_version", None)
+    elif not value.get("model_type"):
+        value = {**_native_text_defaults(), **value}
     for key in ("rope_parameters", "rope_scaling"):
-        rope = value.get(key)
-        if isinstance(rope, Mapping) and ("mrope_section" in rope or "mrope" in (rope.get("type"), rope.get("rope_type"))):
-            rope = dict(rope)
-            sections = rope.pop("mrope_section", None)
-            if "mrope" in (rope.pop("type", None), rope.get("rope_type")):
-                rope["rope_type"] = "default"
+        rope, sections = _without_mrope(value.get(key))
+        if rope is not value.get(key):
             value[key] = rope
-            return value, None if sections is None else list(sections)
+            return value, sections
     return value, None
 
 

@@ -33,7 +33,7 @@ from ..configuration.configuration_qwen2_vl import ZooQwen2VLConfig
 from .docstrings import KWARGS_DOC, LM_HEAD_INPUTS_DOC, MM_ENCODER_OUTPUTS_DOC, MODEL_INPUTS_DOC, forward_docstring
 from .modeling_base import ZooPreTrainedModel, ZooVLMForConditionalGeneration, ZooVLMModel, given
 from .outputs import ZooVLMCausalLMOutputWithPast, ZooVLMModelOutputWithPast
-from .rope import mrope_decode_positions, mrope_position_index, swap_in_mrope
+from .rope import merged_grids, mrope_decode_positions, mrope_position_index, swap_in_mrope
 from .vision_towers import floating_dtype
 
 QWEN2_VL_INPUTS_DOC = """
@@ -48,23 +48,18 @@ QWEN2_VL_INPUTS_DOC = """
             takes it, and not read: the positions come from the placeholder ids, which mark the same tokens."""
 
 
-def _checked_patches(name: str, pixels: torch.Tensor, grid_name: str, grid, patch_values: int) -> torch.Tensor:
-    """The patch grid of ``pixels`` ((patches, patch_values)), checked against them: ``ValueError`` naming the cause."""
+def _check_patches(name: str, pixels: torch.Tensor, grid_name: str, grid, patch_values: int) -> None:
+    """Packed patches ((patches, patch_values)) with their grid: ``ValueError`` naming what is missing or wrong."""
     if grid is None:
         raise ValueError(
             f"{name} were given without {grid_name}: pass the (t, h, w) patch grid of each "
             f"{'video' if 'video' in name else 'image'} (the processor returns it)"
         )
-    if not isinstance(grid, torch.Tensor):
-        grid = torch.as_tensor(grid)
-    if grid.dim() != 2 or grid.shape[-1] != 3 or grid.is_floating_point():
-        raise ValueError(f"{grid_name} must be an integer (N, 3) tensor of (t, h, w) patch counts, got {tuple(grid.shape)}")
     if pixels.dim() != 2 or pixels.shape[-1] != patch_values:
         raise ValueError(
             f"{name} must be (patches, {patch_values}) flattened patches as the processor packs them (channels x "
             f"temporal_patch_size x patch_size^2 values each), got shape {tuple(pixels.shape)}"
         )
-    return grid
 
 
 class ZooQwen2VLPreTrainedModel(ZooPreTrainedModel):
@@ -106,23 +101,21 @@ class ZooQwen2VLModel(ZooQwen2VLPreTrainedModel, ZooVLMModel):
         # the family's other inputs may come along (a processor's whole batch): they are not the tower's
         for other in ("mm_token_type_ids", "image_grid_thw", "video_grid_thw"):
             kwargs.pop(other, None)
-        grid = _checked_patches(name, pixels, grid_name, grid, self.patch_values)
-        # one host read of the grids (transformers reads them too, for the split): every check below is on the list
-        rows = grid.tolist()
-        merge = self.spatial_merge_size
-        sizes = [frames * height * width for frames, height, width in rows]  # patches of each image / video
-        if sum(sizes) != pixels.shape[0]:
+        _check_patches(name, pixels, grid_name, grid, self.patch_values)
+        # the grids checked on one host read (transformers reads them too, for the split), as the positions read them
+        merged = merged_grids(grid_name.split("_")[0], grid, self.spatial_merge_size)
+        tokens = [frames * height * width for frames, height, width in merged]  # merged tokens of each image / video
+        patches = sum(tokens) * self.spatial_merge_size**2
+        if patches != pixels.shape[0]:
             raise ValueError(
-                f"{grid_name} {rows} gives {sum(sizes)} patches (t*h*w each) but {name} holds {pixels.shape[0]}: "
+                f"{grid_name} {grid.tolist()} gives {patches} patches (t*h*w each) but {name} holds {pixels.shape[0]}: "
                 f"pass the grids the processor returned with these pixels"
             )
-        if any(height % merge or width % merge for _, height, width in rows):
-            raise ValueError(f"{grid_name} {rows} has rows or columns not divisible by spatial_merge_size {merge}")
         grid = grid.to(pixels.device)
         outputs = self.vision_tower(pixels.to(floating_dtype(self.vision_tower)), grid_thw=grid, return_dict=True, **kwargs)
         # (patches, embed_dim) -> (patches / merge^2, text width): the merger groups each 2x2 block of patches
-        merged = self.multi_modal_projector(outputs.last_hidden_state)
-        outputs.pooler_output = torch.split(merged, [size // merge**2 for size in sizes])
+        features = self.multi_modal_projector(outputs.last_hidden_state)
+        outputs.pooler_output = torch.split(features, tokens)
         return outputs
 
     @can_return_tuple

@@ -228,8 +228,9 @@ def swap_in_mrope(language_model: nn.Module, mrope_section: Sequence[int]) -> Mu
     return mrope
 
 
-def _checked_grid(kind: str, grid: torch.Tensor, spatial_merge_size: int) -> list[tuple[int, int, int]]:
-    """(N, 3) (t, h, w) patch grids -> the merged grids (t, h / m, w / m), read to the host once."""
+def merged_grids(kind: str, grid: torch.Tensor, spatial_merge_size: int) -> list[tuple[int, int, int]]:
+    """(N, 3) (t, h, w) patch grids -> the merged grids (t, h / m, w / m), read to the host once; ``ValueError``
+    naming ``{kind}_grid_thw`` for a wrong shape, non-integers, non-positive counts or unmergeable rows / columns."""
     if not isinstance(grid, torch.Tensor) or grid.dim() != 2 or grid.shape[-1] != STREAMS:
         shape = tuple(grid.shape) if isinstance(grid, torch.Tensor) else type(grid).__name__
         raise ValueError(f"{kind}_grid_thw must be a ({kind}s, 3) tensor of (t, h, w) patch counts, got {shape}")
@@ -317,7 +318,7 @@ def mrope_position_index(
                     f"of each {kind}"
                 )
             continue
-        merged = _checked_grid(kind, grid, spatial_merge_size)
+        merged = merged_grids(kind, grid, spatial_merge_size)
         # the grids' arithmetic on the host (a few ints per block), then (N,) tensors for the scatter below
         sizes = [frames * height * width for frames, height, width in merged]  # tokens of each block
         expected = sum(sizes)
