@@ -13,6 +13,7 @@ canvases here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -98,8 +99,9 @@ def smart_resize(
 
     Each side is first rounded to the nearest multiple of ``factor`` (Python's ``round``: halves to even); if that
     has more than ``max_pixels`` pixels both sides shrink by ``sqrt(h*w/max_pixels)`` and round down (never below
-    ``factor``); if fewer than ``min_pixels`` they grow by ``sqrt(min_pixels/(h*w))`` and round up: transformers'
-    ``smart_resize`` itself (called after the checks below), so a very thin image can still exceed ``max_pixels``
+    ``factor``); if fewer than ``min_pixels`` they grow by ``sqrt(min_pixels/(h*w))`` and round up. Exactly
+    transformers' ``smart_resize`` (same float arithmetic; written here because shared code may not import a family's
+    module, and tests/test_processor_parity_qwen2_vl.py compares both on 6,800 cases), so a very thin image can still exceed ``max_pixels``
     through the ``factor`` floor, as there. ``ValueError`` for an empty or non-positive size, an aspect ratio over
     ``MAX_ASPECT_RATIO``, and the impossible ranges of :func:`check_pixel_range`.
     """
@@ -113,10 +115,17 @@ def smart_resize(
             f"{max(height, width) / min(height, width):g}; dynamic resolution allows at most {MAX_ASPECT_RATIO}: crop "
             f"or pad it first"
         )
-    # the arithmetic is transformers' own (its checks come first here, with their messages)
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as transformers_smart_resize
-
-    return transformers_smart_resize(height, width, factor, min_pixels, max_pixels)
+    resized_height = round(height / factor) * factor
+    resized_width = round(width / factor) * factor
+    if resized_height * resized_width > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        resized_height = max(factor, math.floor(height / beta / factor) * factor)
+        resized_width = max(factor, math.floor(width / beta / factor) * factor)
+    elif resized_height * resized_width < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        resized_height = math.ceil(height * beta / factor) * factor
+        resized_width = math.ceil(width * beta / factor) * factor
+    return resized_height, resized_width
 
 
 def video_frame_max_pixels(
